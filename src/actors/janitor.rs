@@ -1,0 +1,240 @@
+//! The janitor: keeps the registry and the engine in agreement, on a schedule.
+//!
+//! Every `reconcile_interval` it pings the engine, lists berth's containers in one call
+//! and asks each project whose row disagrees to converge (the project actor makes the
+//! change, so lifecycle stays serialised); labelled containers without a row are adopted,
+//! never destroyed. Every `archive_interval` it archives projects idle longer than
+//! `stale_after`, and with `idle_stop_after` set it stops idle containers. It never
+//! touches the engine or the disk for a project directly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+
+use super::project::{Change, ProjectMsg};
+use super::registry::RegistryMsg;
+use super::supervisor::SupervisorMsg;
+use super::{ask, Ctx};
+use crate::error::Error;
+use crate::model::{Project, ProjectName, Status};
+
+pub struct JanitorActor;
+
+pub struct JanitorArgs {
+    pub ctx: Arc<Ctx>,
+    pub supervisor: ActorRef<SupervisorMsg>,
+}
+
+pub struct JanitorState {
+    ctx: Arc<Ctx>,
+    supervisor: ActorRef<SupervisorMsg>,
+    timers: Vec<JoinHandle<()>>,
+}
+
+pub enum JanitorMsg {
+    Reconcile(Option<RpcReplyPort<Result<Vec<Change>, Error>>>),
+    ArchiveStale(Option<RpcReplyPort<Result<Vec<String>, Error>>>),
+    IdleStop,
+    /// Pings the engine; reconciles when it has just come back.
+    PingEngine,
+}
+
+/// How often the engine is pinged to notice it going away or coming back.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+
+impl JanitorState {
+    async fn rows(&self) -> Result<Vec<Project>, Error> {
+        let reg = self.ctx.registry.get()?;
+        ask(&reg, "the registry", self.ctx.short_timeout(), RegistryMsg::List).await
+    }
+
+    async fn project(&self, name: &ProjectName) -> Result<ActorRef<ProjectMsg>, Error> {
+        let n = name.clone();
+        ask(&self.supervisor, "the supervisor", self.ctx.short_timeout(), |r| SupervisorMsg::Project(n, r)).await?
+    }
+
+    async fn reconcile(&self) -> Result<Vec<Change>, Error> {
+        if !self.ctx.runtimes.refresh().await {
+            return Ok(Vec::new());
+        }
+        let containers = self.ctx.runtimes.docker.list().await.map_err(|e| {
+            self.ctx.runtimes.note(&e);
+            Error::from(e)
+        })?;
+        let rows = self.rows().await?;
+        let mut by_project: HashMap<String, _> = containers
+            .into_iter()
+            .filter_map(|c| c.project.clone().map(|p| (p, c)))
+            .collect();
+        let mut calls = Vec::new();
+        for row in &rows {
+            let observed = by_project.remove(row.name.as_str());
+            let agrees = match (&observed, row.status) {
+                (Some(c), Status::Running) => c.running,
+                (Some(c), Status::Stopped) => !c.running,
+                (None, Status::Created) => true,
+                _ => false,
+            };
+            if !agrees {
+                let name = row.name.clone();
+                calls.push(async move {
+                    let actor = self.project(&name).await?;
+                    ask(&actor, &format!("project {name}"), self.ctx.short_timeout(), ProjectMsg::Reconcile).await?
+                });
+            }
+        }
+        let mut adopt = Vec::new();
+        for (label, info) in by_project {
+            let Ok(name) = ProjectName::parse(&label) else {
+                tracing::warn!(label = %label, container = %info.container_id, "labelled container with an invalid project name; left alone");
+                continue;
+            };
+            adopt.push(async move {
+                let actor = self.project(&name).await?;
+                ask(&actor, &format!("project {name}"), self.ctx.short_timeout(), |r| ProjectMsg::Adopt(info, r)).await?
+            });
+        }
+        let mut changes = Vec::new();
+        for res in join_all(calls).await.into_iter().chain(join_all(adopt).await) {
+            match res {
+                Ok(Some(c)) => changes.push(c),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reconcile of a project failed; retried next round"),
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Asks each project quiet since `cutoff` to act (archive or stop); returns the names
+    /// of those that did.
+    async fn sweep(
+        &self,
+        cutoff: OffsetDateTime,
+        pick: fn(&Project) -> bool,
+        msg: fn(OffsetDateTime, RpcReplyPort<Result<bool, Error>>) -> ProjectMsg,
+    ) -> Result<Vec<String>, Error> {
+        let rows = self.rows().await?;
+        let calls = rows.iter().filter(|p| p.last_used < cutoff && pick(p)).map(|p| {
+            let name = p.name.clone();
+            async move {
+                let actor = self.project(&name).await?;
+                let done = ask(&actor, &format!("project {name}"), self.ctx.lifecycle_timeout(), |r| msg(cutoff, r)).await??;
+                Ok::<_, Error>((name, done))
+            }
+        });
+        let mut names = Vec::new();
+        for res in join_all(calls).await {
+            match res {
+                Ok((name, true)) => names.push(name.to_string()),
+                Ok((_, false)) => {}
+                Err(e) => tracing::warn!(error = %e, "janitor could not sweep a project"),
+            }
+        }
+        Ok(names)
+    }
+
+    async fn archive_stale(&self) -> Result<Vec<String>, Error> {
+        let cutoff = OffsetDateTime::now_utc() - self.ctx.config.janitor.stale_after.0;
+        let names = self
+            .sweep(cutoff, |_| true, |cutoff, reply| ProjectMsg::ArchiveIfStale { cutoff, reply })
+            .await?;
+        if !names.is_empty() {
+            tracing::info!(projects = ?names, "archived stale projects");
+        }
+        Ok(names)
+    }
+
+    async fn idle_stop(&self) -> Result<Vec<String>, Error> {
+        let Some(idle) = self.ctx.config.janitor.idle_stop_after.0 else { return Ok(Vec::new()) };
+        if !self.ctx.runtimes.docker_available() {
+            return Ok(Vec::new());
+        }
+        let cutoff = OffsetDateTime::now_utc() - idle;
+        let names = self
+            .sweep(cutoff, |p| p.status == Status::Running, |cutoff, reply| ProjectMsg::StopIfIdle { cutoff, reply })
+            .await?;
+        if !names.is_empty() {
+            tracing::info!(projects = ?names, "stopped idle containers");
+        }
+        Ok(names)
+    }
+}
+
+impl Actor for JanitorActor {
+    type Msg = JanitorMsg;
+    type State = JanitorState;
+    type Arguments = JanitorArgs;
+
+    async fn pre_start(&self, _me: ActorRef<Self::Msg>, args: JanitorArgs) -> Result<Self::State, ActorProcessingErr> {
+        Ok(JanitorState { ctx: args.ctx, supervisor: args.supervisor, timers: Vec::new() })
+    }
+
+    async fn post_start(&self, me: ActorRef<Self::Msg>, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        let j = &st.ctx.config.janitor;
+        st.timers.push(me.send_interval(j.reconcile_interval.0, || JanitorMsg::Reconcile(None)));
+        st.timers.push(me.send_interval(j.archive_interval.0, || JanitorMsg::ArchiveStale(None)));
+        st.timers.push(me.send_interval(PING_INTERVAL.min(j.reconcile_interval.0), || JanitorMsg::PingEngine));
+        if let Some(idle) = j.idle_stop_after.0 {
+            let every = (idle / 4).clamp(Duration::from_secs(1), j.reconcile_interval.0.max(Duration::from_secs(1)));
+            st.timers.push(me.send_interval(every, || JanitorMsg::IdleStop));
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _me: ActorRef<Self::Msg>, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        for t in st.timers.drain(..) {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, _me: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            JanitorMsg::Reconcile(reply) => {
+                let res = st.reconcile().await;
+                match reply {
+                    Some(r) => {
+                        let _ = r.send(res);
+                    }
+                    None => {
+                        if let Err(e) = res {
+                            tracing::warn!(error = %e, "scheduled reconcile failed");
+                        }
+                    }
+                }
+            }
+            JanitorMsg::ArchiveStale(reply) => {
+                let res = st.archive_stale().await;
+                match reply {
+                    Some(r) => {
+                        let _ = r.send(res);
+                    }
+                    None => {
+                        if let Err(e) = res {
+                            tracing::warn!(error = %e, "scheduled stale-archive failed");
+                        }
+                    }
+                }
+            }
+            JanitorMsg::IdleStop => {
+                if let Err(e) = st.idle_stop().await {
+                    tracing::warn!(error = %e, "idle stop failed");
+                }
+            }
+            JanitorMsg::PingEngine => {
+                let was = st.ctx.runtimes.docker_available();
+                if st.ctx.runtimes.refresh().await && !was {
+                    if let Err(e) = st.reconcile().await {
+                        tracing::warn!(error = %e, "reconcile after the engine came back failed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

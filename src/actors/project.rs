@@ -1,0 +1,420 @@
+//! The project actor: one per project, the only place its lifecycle changes.
+//!
+//! Create, start, stop, delete, archive and the implicit start before an exec arrive as
+//! messages and run one at a time, in order. Execs themselves do not run here: the actor
+//! hands out an `ExecLease` (the project as it stands, plus a cancel token) and the
+//! caller runs the command in its own task, so a long exec never blocks this mailbox.
+//! Durable state is the registry row and the engine; a restarted actor rebuilds from the
+//! row in `pre_start` and from the engine in `post_start`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::registry::RegistryMsg;
+use super::{ask, Ctx};
+use crate::error::{Error, ErrorKind};
+use crate::model::{CreateSpec, ImageRef, Project, ProjectName, Status};
+use crate::runtime::{ContainerInfo, ContainerSpec, RuntimeError, RuntimeKind};
+
+pub struct ProjectActor;
+
+pub struct ProjectArgs {
+    pub name: ProjectName,
+    pub ctx: Arc<Ctx>,
+}
+
+pub struct ProjectState {
+    name: ProjectName,
+    ctx: Arc<Ctx>,
+    /// The registry row; `None` when the project is not registered.
+    project: Option<Project>,
+    execs: Arc<ExecGate>,
+}
+
+/// A change that reconcile made to one project.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Change {
+    pub name: String,
+    pub from: Option<Status>,
+    pub to: Option<Status>,
+    pub reason: String,
+}
+
+pub enum ProjectMsg {
+    Create { spec: CreateSpec, or_get: bool, reply: RpcReplyPort<Result<Project, Error>> },
+    Start(RpcReplyPort<Result<Project, Error>>),
+    Stop(RpcReplyPort<Result<Project, Error>>),
+    Delete { purge: bool, reply: RpcReplyPort<Result<(), Error>> },
+    /// Gets the project ready for one exec. `container`: run it in the container (start or
+    /// re-create it first); `recheck`: ask the engine instead of trusting the cached state.
+    PrepareExec {
+        auto_create: Option<CreateSpec>,
+        container: bool,
+        recheck: bool,
+        reply: RpcReplyPort<Result<ExecLease, Error>>,
+    },
+    /// Compares the row with the engine and converges; replies with what changed.
+    Reconcile(RpcReplyPort<Result<Option<Change>, Error>>),
+    /// Adopts a labelled container that has no row (a crash between create and commit).
+    Adopt(ContainerInfo, RpcReplyPort<Result<Option<Change>, Error>>),
+    /// Archives the project if it has had no activity since `cutoff` and no exec runs.
+    ArchiveIfStale { cutoff: OffsetDateTime, reply: RpcReplyPort<Result<bool, Error>> },
+    /// Stops (not removes) the container if idle since `cutoff` and no exec runs.
+    StopIfIdle { cutoff: OffsetDateTime, reply: RpcReplyPort<Result<bool, Error>> },
+    /// Debug hook: panic inside the handler, to exercise supervision.
+    Panic,
+}
+
+/// The running execs of one project: counted (a project with an exec running is never
+/// stale or idle) and cancellable together (stop and delete fail them).
+#[derive(Default)]
+pub struct ExecGate {
+    running: AtomicUsize,
+    token: Mutex<CancellationToken>,
+}
+
+impl ExecGate {
+    fn lease(self: &Arc<Self>) -> (CancellationToken, ExecGuard) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let token = self.token.lock().map(|t| t.child_token()).unwrap_or_default();
+        (token, ExecGuard(self.clone()))
+    }
+
+    fn cancel_all(&self) {
+        if let Ok(mut t) = self.token.lock() {
+            t.cancel();
+            *t = CancellationToken::new();
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+}
+
+pub struct ExecGuard(Arc<ExecGate>);
+
+impl Drop for ExecGuard {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Permission to run one exec: what to run it against and how it gets cancelled.
+pub struct ExecLease {
+    pub project: Project,
+    pub runtime: RuntimeKind,
+    /// Cancelled when the project is stopped or deleted.
+    pub cancel: CancellationToken,
+    pub guard: ExecGuard,
+}
+
+impl ProjectState {
+    async fn registry<R: Send + 'static>(
+        &self,
+        build: impl FnOnce(RpcReplyPort<R>) -> RegistryMsg,
+    ) -> Result<R, Error> {
+        let reg = self.ctx.registry.get()?;
+        ask(&reg, "the registry", self.ctx.short_timeout(), build).await
+    }
+
+    async fn save(&mut self, p: Project) -> Result<Project, Error> {
+        let row = p.clone();
+        self.registry(|r| RegistryMsg::Update(row, r)).await??;
+        self.project = Some(p.clone());
+        Ok(p)
+    }
+
+    fn engine_err(&self, e: RuntimeError) -> Error {
+        self.ctx.runtimes.note(&e);
+        e.into()
+    }
+
+    fn require(&self) -> Result<Project, Error> {
+        self.project.clone().ok_or_else(|| Error::not_found(&self.name))
+    }
+
+    async fn ensure_container(&self, p: &Project) -> Result<Option<ContainerInfo>, Error> {
+        let spec = ContainerSpec {
+            project: &p.name,
+            image: &p.image,
+            env: &p.env,
+            ports: &p.ports,
+            workspace: &p.path,
+        };
+        self.ctx.runtimes.docker.ensure_running(&spec).await.map_err(|e| self.engine_err(e))
+    }
+
+    async fn create(&mut self, spec: CreateSpec, or_get: bool) -> Result<Project, Error> {
+        if let Some(p) = &self.project {
+            if or_get {
+                return Ok(p.clone());
+            }
+            return Err(Error::new(ErrorKind::AlreadyExists, format!("project {} already exists", self.name)));
+        }
+        let image = match spec.image {
+            Some(i) => i,
+            None => ImageRef::parse(&self.ctx.config.docker.default_image)?,
+        };
+        let now = OffsetDateTime::now_utc();
+        let mut p = Project {
+            name: self.name.clone(),
+            description: spec.description,
+            image,
+            created: now,
+            last_used: now,
+            status: Status::Creating,
+            env: spec.env,
+            ports: spec.ports,
+            path: self.ctx.workspaces.path(&self.name),
+        };
+        let row = p.clone();
+        self.registry(|r| RegistryMsg::Insert(row, r)).await??;
+        self.project = Some(p.clone());
+        let made_workspace = match self.ctx.workspaces.ensure(&self.name) {
+            Ok(made) => made,
+            Err(e) => {
+                self.roll_back(false).await;
+                return Err(e.into());
+            }
+        };
+        p.status = if self.ctx.runtimes.docker_available() {
+            match self.ensure_container(&p).await {
+                Ok(_) => Status::Running,
+                Err(e) if e.kind == ErrorKind::RuntimeUnavailable => Status::Created,
+                Err(e) => {
+                    self.roll_back(made_workspace).await;
+                    return Err(e);
+                }
+            }
+        } else {
+            Status::Created
+        };
+        tracing::info!(project = %self.name, image = %p.image, status = p.status.as_str(), "created project");
+        self.save(p).await
+    }
+
+    /// Undoes a failed create: the container, the row, and the workspace only if this
+    /// create made it.
+    async fn roll_back(&mut self, remove_workspace: bool) {
+        if let Err(e) = self.ctx.runtimes.docker.remove(&self.name).await {
+            tracing::warn!(project = %self.name, error = %e, "rollback: container not removed");
+        }
+        if remove_workspace {
+            if let Err(e) = self.ctx.workspaces.purge(&self.name) {
+                tracing::warn!(project = %self.name, error = %e, "rollback: workspace not removed");
+            }
+        }
+        let name = self.name.clone();
+        match self.registry(|r| RegistryMsg::Delete(name, r)).await {
+            Ok(Ok(())) => self.project = None,
+            Ok(Err(e)) | Err(e) => tracing::error!(project = %self.name, error = %e, "rollback: row not removed"),
+        }
+    }
+
+    async fn start(&mut self) -> Result<Project, Error> {
+        let mut p = self.require()?;
+        if !p.status.can_start() {
+            return Err(Error::new(ErrorKind::Busy, format!("project {} is being created", self.name)));
+        }
+        if !self.ctx.runtimes.docker_available() {
+            return Err(Error::new(
+                ErrorKind::RuntimeUnavailable,
+                format!("cannot start project {}: no container engine answers", self.name),
+            ));
+        }
+        self.ensure_container(&p).await?;
+        p.status = Status::Running;
+        p.last_used = OffsetDateTime::now_utc();
+        self.save(p).await
+    }
+
+    async fn stop(&mut self) -> Result<Project, Error> {
+        let mut p = self.require()?;
+        self.execs.cancel_all();
+        if p.status == Status::Created {
+            return Ok(p);
+        }
+        self.ctx.runtimes.docker.stop(&self.name).await.map_err(|e| self.engine_err(e))?;
+        p.status = Status::Stopped;
+        tracing::info!(project = %self.name, "stopped");
+        self.save(p).await
+    }
+
+    /// Removes container, workspace (archived or purged) and row, in that order: a crash
+    /// part-way leaves a row that reconcile converges, never a container without a row.
+    async fn delete(&mut self, purge: bool) -> Result<Option<std::path::PathBuf>, Error> {
+        self.require()?;
+        self.execs.cancel_all();
+        self.ctx.runtimes.docker.remove(&self.name).await.map_err(|e| self.engine_err(e))?;
+        let archived = if purge {
+            self.ctx.workspaces.purge(&self.name)?;
+            None
+        } else {
+            self.ctx.workspaces.archive(&self.name, OffsetDateTime::now_utc())?
+        };
+        let name = self.name.clone();
+        self.registry(|r| RegistryMsg::Delete(name, r)).await??;
+        self.project = None;
+        tracing::info!(project = %self.name, purge, archived = ?archived, "deleted project");
+        Ok(archived)
+    }
+
+    async fn prepare_exec(
+        &mut self,
+        auto_create: Option<CreateSpec>,
+        container: bool,
+        recheck: bool,
+    ) -> Result<ExecLease, Error> {
+        if self.project.is_none() {
+            match auto_create {
+                Some(spec) => {
+                    self.create(spec, true).await?;
+                }
+                None => return Err(Error::not_found(&self.name)),
+            }
+        }
+        let mut p = self.require()?;
+        if p.status == Status::Creating {
+            return Err(Error::new(ErrorKind::Busy, format!("project {} is being created", self.name)));
+        }
+        let runtime = if container {
+            if recheck || !p.status.can_exec_directly() {
+                self.ensure_container(&p).await?;
+                p.status = Status::Running;
+            }
+            RuntimeKind::Docker
+        } else {
+            self.ctx.workspaces.ensure(&self.name)?;
+            RuntimeKind::Local
+        };
+        p.last_used = OffsetDateTime::now_utc();
+        let p = self.save(p).await?;
+        let (cancel, guard) = self.execs.lease();
+        Ok(ExecLease { project: p, runtime, cancel, guard })
+    }
+
+    async fn reconcile(&mut self) -> Result<Option<Change>, Error> {
+        let Some(mut p) = self.project.clone() else { return Ok(None) };
+        if !self.ctx.runtimes.docker_available() {
+            return Ok(None);
+        }
+        let observed = self.ctx.runtimes.docker.inspect(&self.name).await.map_err(|e| self.engine_err(e))?;
+        let (to, reason) = match (&observed, p.status) {
+            (Some(c), _) if c.running => (Status::Running, "container is running"),
+            (Some(_), _) => (Status::Stopped, "container is stopped"),
+            (None, Status::Created) => (Status::Created, ""),
+            (None, Status::Creating) => (Status::Created, "interrupted create has no container"),
+            (None, _) => (Status::Stopped, "container is gone; the next start or exec re-creates it"),
+        };
+        if to == p.status {
+            return Ok(None);
+        }
+        let change = Change { name: self.name.to_string(), from: Some(p.status), to: Some(to), reason: reason.into() };
+        p.status = to;
+        self.save(p).await?;
+        tracing::info!(project = %self.name, from = ?change.from, to = ?change.to, reason, "reconciled");
+        Ok(Some(change))
+    }
+
+    async fn adopt(&mut self, c: ContainerInfo) -> Result<Option<Change>, Error> {
+        if self.project.is_some() {
+            return self.reconcile().await;
+        }
+        let now = OffsetDateTime::now_utc();
+        let image = ImageRef::parse(&c.image).or_else(|_| ImageRef::parse(&self.ctx.config.docker.default_image))?;
+        let status = if c.running { Status::Running } else { Status::Stopped };
+        let p = Project {
+            name: self.name.clone(),
+            description: "adopted by reconcile".into(),
+            image,
+            created: now,
+            last_used: now,
+            status,
+            env: Default::default(),
+            ports: Default::default(),
+            path: self.ctx.workspaces.path(&self.name),
+        };
+        self.ctx.workspaces.ensure(&self.name)?;
+        let row = p.clone();
+        self.registry(|r| RegistryMsg::Insert(row, r)).await??;
+        self.project = Some(p);
+        tracing::warn!(project = %self.name, container = %c.container_id, "adopted a labelled container that had no registry row");
+        Ok(Some(Change {
+            name: self.name.to_string(),
+            from: None,
+            to: Some(status),
+            reason: format!("adopted container {}", c.container_id),
+        }))
+    }
+
+    fn quiet_since(&self, cutoff: OffsetDateTime) -> bool {
+        matches!(&self.project, Some(p) if p.last_used < cutoff) && self.execs.running() == 0
+    }
+}
+
+impl Actor for ProjectActor {
+    type Msg = ProjectMsg;
+    type State = ProjectState;
+    type Arguments = ProjectArgs;
+
+    async fn pre_start(&self, _me: ActorRef<Self::Msg>, args: ProjectArgs) -> Result<Self::State, ActorProcessingErr> {
+        let reg = args.ctx.registry.get()?;
+        let name = args.name.clone();
+        let project = ask(&reg, "the registry", args.ctx.short_timeout(), |r| RegistryMsg::Get(name, r)).await?;
+        Ok(ProjectState { name: args.name, ctx: args.ctx, project, execs: Arc::default() })
+    }
+
+    async fn post_start(&self, _me: ActorRef<Self::Msg>, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        // A (re)started actor may hold a row that the engine disagrees with, or one left
+        // `creating` by a crash: converge before serving.
+        if st.project.is_some() {
+            if let Err(e) = st.reconcile().await {
+                tracing::debug!(project = %st.name, error = %e, "startup reconcile skipped");
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, _me: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ProjectMsg::Create { spec, or_get, reply } => {
+                let _ = reply.send(st.create(spec, or_get).await);
+            }
+            ProjectMsg::Start(reply) => {
+                let _ = reply.send(st.start().await);
+            }
+            ProjectMsg::Stop(reply) => {
+                let _ = reply.send(st.stop().await);
+            }
+            ProjectMsg::Delete { purge, reply } => {
+                let _ = reply.send(st.delete(purge).await.map(|_| ()));
+            }
+            ProjectMsg::PrepareExec { auto_create, container, recheck, reply } => {
+                let _ = reply.send(st.prepare_exec(auto_create, container, recheck).await);
+            }
+            ProjectMsg::Reconcile(reply) => {
+                let _ = reply.send(st.reconcile().await);
+            }
+            ProjectMsg::Adopt(info, reply) => {
+                let _ = reply.send(st.adopt(info).await);
+            }
+            ProjectMsg::ArchiveIfStale { cutoff, reply } => {
+                let res = if st.quiet_since(cutoff) { st.delete(false).await.map(|_| true) } else { Ok(false) };
+                let _ = reply.send(res);
+            }
+            ProjectMsg::StopIfIdle { cutoff, reply } => {
+                let idle = st.quiet_since(cutoff) && st.project.as_ref().is_some_and(|p| p.status == Status::Running);
+                let res = if idle { st.stop().await.map(|_| true) } else { Ok(false) };
+                let _ = reply.send(res);
+            }
+            ProjectMsg::Panic => panic!("injected panic in the actor of project {}", st.name),
+        }
+        Ok(())
+    }
+}

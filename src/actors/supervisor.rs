@@ -1,0 +1,194 @@
+//! The root supervisor: spawns the registry, the janitor and the project actors linked
+//! under itself, hands out project actors by name, and restarts any child that fails.
+//!
+//! A failed project actor is respawned with exponential backoff (its state is rebuilt
+//! from the registry and the engine); other projects never notice. The supervisor does
+//! no engine or disk work itself, so its mailbox stays quick.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::janitor::{JanitorActor, JanitorArgs, JanitorMsg};
+use super::project::{ProjectActor, ProjectArgs, ProjectMsg};
+use super::registry::RegistryActor;
+use super::Ctx;
+use crate::error::Error;
+use crate::model::ProjectName;
+
+pub struct Supervisor;
+
+pub struct SupervisorArgs {
+    pub ctx: Arc<Ctx>,
+    pub state_dir: PathBuf,
+}
+
+pub struct SupervisorState {
+    ctx: Arc<Ctx>,
+    state_dir: PathBuf,
+    registry_id: ActorId,
+    janitor: Option<ActorRef<JanitorMsg>>,
+    projects: HashMap<ProjectName, ActorRef<ProjectMsg>>,
+    names: HashMap<ActorId, ProjectName>,
+    /// Recent failures per project: (count within the window, time of the last one).
+    failures: HashMap<ProjectName, (u32, Instant)>,
+}
+
+pub enum SupervisorMsg {
+    /// The project's actor, spawned if it is not running.
+    Project(ProjectName, RpcReplyPort<Result<ActorRef<ProjectMsg>, Error>>),
+    Janitor(RpcReplyPort<Option<ActorRef<JanitorMsg>>>),
+    /// Respawns a failed project actor once its backoff has passed.
+    Respawn(ProjectName),
+    RespawnJanitor,
+    /// Answers if the supervisor's mailbox is moving (the systemd watchdog asks this).
+    Ping(RpcReplyPort<()>),
+}
+
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Backoff before the `n`th respawn within the window: 0, 100 ms, 200 ms, ... 30 s.
+pub fn backoff(n: u32) -> Duration {
+    if n <= 1 {
+        return Duration::ZERO;
+    }
+    (Duration::from_millis(100) * 2u32.saturating_pow(n.saturating_sub(2).min(16))).min(MAX_BACKOFF)
+}
+
+impl SupervisorState {
+    async fn spawn_project(&mut self, me: &ActorRef<SupervisorMsg>, name: &ProjectName) -> Result<ActorRef<ProjectMsg>, Error> {
+        if let Some(a) = self.projects.get(name) {
+            return Ok(a.clone());
+        }
+        let args = ProjectArgs { name: name.clone(), ctx: self.ctx.clone() };
+        let (actor, _) = Actor::spawn_linked(None, ProjectActor, args, me.get_cell())
+            .await
+            .map_err(|e| Error::internal(format!("cannot start the actor of project {name}: {e}")))?;
+        self.names.insert(actor.get_id(), name.clone());
+        self.projects.insert(name.clone(), actor.clone());
+        Ok(actor)
+    }
+
+    async fn spawn_janitor(&mut self, me: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
+        let args = JanitorArgs { ctx: self.ctx.clone(), supervisor: me.clone() };
+        let (j, _) = Actor::spawn_linked(None, JanitorActor, args, me.get_cell()).await?;
+        self.janitor = Some(j);
+        Ok(())
+    }
+
+    fn record_failure(&mut self, name: &ProjectName) -> u32 {
+        let now = Instant::now();
+        let entry = self.failures.entry(name.clone()).or_insert((0, now));
+        if now.duration_since(entry.1) > FAILURE_WINDOW {
+            entry.0 = 0;
+        }
+        entry.0 += 1;
+        entry.1 = now;
+        entry.0
+    }
+}
+
+async fn spawn_registry(ctx: &Ctx, state_dir: PathBuf, me: ActorCell) -> Result<ActorId, ActorProcessingErr> {
+    let (reg, _) = Actor::spawn_linked(None, RegistryActor, state_dir, me).await?;
+    let id = reg.get_id();
+    ctx.registry.set(reg);
+    Ok(id)
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(&self, me: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<Self::State, ActorProcessingErr> {
+        let registry_id = spawn_registry(&args.ctx, args.state_dir.clone(), me.get_cell()).await?;
+        Ok(SupervisorState {
+            ctx: args.ctx,
+            state_dir: args.state_dir,
+            registry_id,
+            janitor: None,
+            projects: HashMap::new(),
+            names: HashMap::new(),
+            failures: HashMap::new(),
+        })
+    }
+
+    async fn post_start(&self, me: ActorRef<Self::Msg>, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        st.spawn_janitor(&me).await
+    }
+
+    async fn handle(&self, me: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Project(name, reply) => {
+                let _ = reply.send(st.spawn_project(&me, &name).await);
+            }
+            SupervisorMsg::Janitor(reply) => {
+                let _ = reply.send(st.janitor.clone());
+            }
+            SupervisorMsg::Respawn(name) => {
+                if let Err(e) = st.spawn_project(&me, &name).await {
+                    tracing::error!(project = %name, error = %e, "respawn failed; the next request retries");
+                }
+            }
+            SupervisorMsg::RespawnJanitor => {
+                if st.janitor.is_none() {
+                    st.spawn_janitor(&me).await?;
+                }
+            }
+            SupervisorMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        if id == st.registry_id {
+            // The registry's state is the database: a fresh actor reloads it.
+            tracing::error!(reason = ?failure, "registry actor exited; restarting it");
+            st.registry_id = spawn_registry(&st.ctx, st.state_dir.clone(), me.get_cell()).await?;
+        } else if st.janitor.as_ref().is_some_and(|j| j.get_id() == id) {
+            st.janitor = None;
+            tracing::error!(reason = ?failure, "janitor exited; restarting it");
+            me.send_after(Duration::from_secs(1), || SupervisorMsg::RespawnJanitor);
+        } else if let Some(name) = st.names.remove(&id) {
+            st.projects.remove(&name);
+            if let Some(reason) = failure {
+                let n = st.record_failure(&name);
+                let delay = backoff(n);
+                tracing::error!(project = %name, %reason, failures = n, ?delay, "project actor failed; restarting it");
+                me.send_after(delay, move || SupervisorMsg::Respawn(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_millis(100));
+        assert_eq!(backoff(3), Duration::from_millis(200));
+        assert_eq!(backoff(6), Duration::from_millis(1600));
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+}

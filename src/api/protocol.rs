@@ -1,0 +1,432 @@
+//! The wire: bytes to a typed `Request` in one place, and responses back to bytes.
+//!
+//! A line is decoded into a JSON-RPC envelope, its params into a struct that rejects
+//! unknown fields, and those into validated types (`ProjectName`, `EnvMap`, ...). Every
+//! param is checked here, before anything is looked up or done. Output bytes travel as
+//! UTF-8 text when they are UTF-8 and as base64 (with an `encoding` field) when not.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::config::Config;
+use crate::error::{Error, ErrorKind};
+use crate::model::{parse_duration, CreateSpec, EnvMap, ImageRef, ModelError, PortMap, ProjectName, Workdir};
+use crate::runtime::{ExecOutcome, RuntimeKind, StreamKind};
+
+/// Largest `tail` a logs request may ask for.
+pub const MAX_TAIL: u64 = 1_000_000;
+
+#[derive(Debug, Clone)]
+pub enum Request {
+    Info,
+    Create { spec: CreateSpec, or_get: bool },
+    Get(ProjectName),
+    List,
+    Start(ProjectName),
+    Stop(ProjectName),
+    Delete { name: ProjectName, purge: bool },
+    Status(ProjectName),
+    Logs { name: ProjectName, tail: Option<u64> },
+    Path(ProjectName),
+    Exec(ExecRequest),
+    Reconcile,
+    ArchiveStale,
+    /// `debug.panic`: served only with debug hooks on.
+    DebugPanic(ProjectName),
+}
+
+impl Request {
+    /// Whether the request changes anything (these are logged with the peer's identity).
+    pub fn is_mutating(&self) -> bool {
+        !matches!(
+            self,
+            Request::Info | Request::Get(_) | Request::List | Request::Status(_) | Request::Logs { .. } | Request::Path(_)
+        )
+    }
+
+    pub fn project(&self) -> Option<&ProjectName> {
+        match self {
+            Request::Create { spec, .. } => Some(&spec.name),
+            Request::Get(n)
+            | Request::Start(n)
+            | Request::Stop(n)
+            | Request::Status(n)
+            | Request::Path(n)
+            | Request::DebugPanic(n) => Some(n),
+            Request::Delete { name, .. } | Request::Logs { name, .. } => Some(name),
+            Request::Exec(e) => Some(&e.name),
+            Request::Info | Request::List | Request::Reconcile | Request::ArchiveStale => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub name: ProjectName,
+    pub argv: Vec<String>,
+    pub workdir: Option<Workdir>,
+    pub env: EnvMap,
+    pub timeout: Option<Duration>,
+    pub stdin: Option<Bytes>,
+    pub stream: bool,
+    pub local: bool,
+    pub tool: Option<String>,
+}
+
+/// A decoded line: the id to answer with (null when it could not be read) and the request
+/// or the reason it was refused.
+pub struct Decoded {
+    pub id: Value,
+    pub method: String,
+    pub request: Result<Request, Error>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameParams {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateParams {
+    name: String,
+    image: Option<String>,
+    description: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    ports: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteParams {
+    name: String,
+    purge: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsParams {
+    name: String,
+    tail: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecParams {
+    name: String,
+    command: Vec<String>,
+    workdir: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    timeout: Option<String>,
+    stdin: Option<String>,
+    /// Binary stdin, base64-encoded; an extension beside the text `stdin`.
+    stdin_base64: Option<String>,
+    stream: Option<bool>,
+    local: Option<bool>,
+    tool: Option<String>,
+}
+
+fn params<T: DeserializeOwned>(method: &str, p: Value) -> Result<T, Error> {
+    serde_json::from_value(p).map_err(|e| Error::invalid_params(format!("invalid params for {method}: {e}")))
+}
+
+fn name(s: &str) -> Result<ProjectName, Error> {
+    ProjectName::parse(s).map_err(Error::from)
+}
+
+/// Decodes one line. Never fails: a bad line becomes a `Decoded` carrying the error.
+pub fn decode(line: &[u8], config: &Config, debug_hooks: bool) -> Decoded {
+    let bad = |id: Value, kind: ErrorKind, msg: String| Decoded {
+        id,
+        method: String::new(),
+        request: Err(Error::new(kind, msg)),
+    };
+    let value: Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => return bad(Value::Null, ErrorKind::ParseError, format!("not valid JSON: {e}")),
+    };
+    let Value::Object(mut obj) = value else {
+        return bad(Value::Null, ErrorKind::InvalidRequest, "a request must be a JSON object".into());
+    };
+    let id = obj.remove("id").unwrap_or(Value::Null);
+    if !matches!(id, Value::String(_) | Value::Number(_)) {
+        return bad(Value::Null, ErrorKind::InvalidRequest, format!("request id must be a string or a number, got {id}"));
+    }
+    if obj.get("jsonrpc") != Some(&Value::String("2.0".into())) {
+        return bad(id, ErrorKind::InvalidRequest, "jsonrpc must be \"2.0\"".into());
+    }
+    if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "jsonrpc" | "method" | "params")) {
+        let msg = format!("unknown request field {k:?}");
+        return bad(id, ErrorKind::InvalidRequest, msg);
+    }
+    let method = match obj.remove("method") {
+        Some(Value::String(m)) => m,
+        other => {
+            let msg = format!("method must be a string, got {}", other.unwrap_or(Value::Null));
+            return bad(id, ErrorKind::InvalidRequest, msg);
+        }
+    };
+    let p = match obj.remove("params") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v,
+        Some(other) => {
+            let msg = format!("params of {method} must be an object, got {other}");
+            return Decoded { id, method, request: Err(Error::invalid_params(msg)) };
+        }
+    };
+    let request = parse_request(&method, p, config, debug_hooks);
+    Decoded { id, method, request }
+}
+
+fn parse_request(method: &str, p: Value, config: &Config, debug_hooks: bool) -> Result<Request, Error> {
+    let m = method;
+    Ok(match m {
+        "daemon.info" => params::<NoParams>(m, p).map(|_| Request::Info)?,
+        "project.list" => params::<NoParams>(m, p).map(|_| Request::List)?,
+        "janitor.reconcile" => params::<NoParams>(m, p).map(|_| Request::Reconcile)?,
+        "janitor.archive_stale" => params::<NoParams>(m, p).map(|_| Request::ArchiveStale)?,
+        "project.create" | "project.get_or_create" => {
+            let c: CreateParams = params(m, p)?;
+            let spec = CreateSpec {
+                name: name(&c.name)?,
+                image: c.image.as_deref().map(ImageRef::parse).transpose()?,
+                description: c.description.unwrap_or_default(),
+                env: EnvMap::parse(c.env.unwrap_or_default())?,
+                ports: PortMap::parse(c.ports.unwrap_or_default())?,
+            };
+            if spec.description.len() > 4096 {
+                return Err(Error::invalid_params("description is longer than 4096 bytes"));
+            }
+            Request::Create { spec, or_get: m == "project.get_or_create" }
+        }
+        "project.get" => Request::Get(name(&params::<NameParams>(m, p)?.name)?),
+        "project.start" => Request::Start(name(&params::<NameParams>(m, p)?.name)?),
+        "project.stop" => Request::Stop(name(&params::<NameParams>(m, p)?.name)?),
+        "project.status" => Request::Status(name(&params::<NameParams>(m, p)?.name)?),
+        "project.path" => Request::Path(name(&params::<NameParams>(m, p)?.name)?),
+        "project.delete" => {
+            let d: DeleteParams = params(m, p)?;
+            Request::Delete { name: name(&d.name)?, purge: d.purge.unwrap_or(false) }
+        }
+        "project.logs" => {
+            let l: LogsParams = params(m, p)?;
+            if l.tail.is_some_and(|t| t > MAX_TAIL) {
+                return Err(Error::invalid_params(format!("tail {} is larger than {MAX_TAIL}", l.tail.unwrap_or(0))));
+            }
+            Request::Logs { name: name(&l.name)?, tail: l.tail }
+        }
+        "project.exec" => Request::Exec(parse_exec(params(m, p)?, config)?),
+        "debug.panic" if debug_hooks => Request::DebugPanic(name(&params::<NameParams>(m, p)?.name)?),
+        other => return Err(Error::new(ErrorKind::MethodNotFound, format!("unknown method {other:?}"))),
+    })
+}
+
+fn parse_exec(e: ExecParams, config: &Config) -> Result<ExecRequest, Error> {
+    let name = name(&e.name)?;
+    if e.command.is_empty() {
+        return Err(Error::invalid_params("command is empty: give the program and its arguments"));
+    }
+    if e.command[0].is_empty() {
+        return Err(Error::invalid_params("command[0] is empty: name the program to run"));
+    }
+    if let Some(arg) = e.command.iter().find(|a| a.contains('\0')) {
+        return Err(Error::invalid_params(format!("command argument {arg:?} contains NUL")));
+    }
+    let timeout = e
+        .timeout
+        .as_deref()
+        .map(|t| parse_duration("timeout", t, Duration::from_millis(1), config.exec.max_timeout.0))
+        .transpose()?;
+    let stdin = match (e.stdin, e.stdin_base64) {
+        (Some(_), Some(_)) => return Err(Error::invalid_params("give stdin or stdin_base64, not both")),
+        (Some(s), None) => Some(Bytes::from(s)),
+        (None, Some(b)) => Some(Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b.as_bytes())
+                .map_err(|err| Error::invalid_params(format!("stdin_base64 is not valid base64: {err}")))?,
+        )),
+        (None, None) => None,
+    };
+    if let Some(tool) = &e.tool {
+        if tool.is_empty() || tool.len() > 128 || tool.contains('\0') {
+            return Err(Error::invalid_params(format!("invalid tool {tool:?}: 1-128 bytes, no NUL")));
+        }
+    }
+    Ok(ExecRequest {
+        name,
+        argv: e.command,
+        workdir: e.workdir.as_deref().map(Workdir::parse).transpose().map_err(Error::from)?,
+        env: EnvMap::parse(e.env.unwrap_or_default()).map_err(|err: ModelError| Error::from(err))?,
+        timeout,
+        stdin,
+        stream: e.stream.unwrap_or(false),
+        local: e.local.unwrap_or(false),
+        tool: e.tool,
+    })
+}
+
+/// A success response line (without the newline).
+pub fn response(id: &Value, result: Value) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string()
+}
+
+/// An error response line (without the newline).
+pub fn error_response(id: &Value, e: &Error) -> String {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": e.kind.code(), "message": e.message, "data": {"kind": e.kind.as_str()}},
+    })
+    .to_string()
+}
+
+/// Bytes as JSON text: the text itself when it is UTF-8, else base64 and its encoding.
+pub fn encode_bytes(b: &[u8]) -> (String, Option<&'static str>) {
+    match std::str::from_utf8(b) {
+        Ok(s) => (s.to_string(), None),
+        Err(_) => (base64::engine::general_purpose::STANDARD.encode(b), Some("base64")),
+    }
+}
+
+/// Splits a stream of chunks at UTF-8 boundaries so a character cut between two chunks
+/// still travels as text. Holds back at most three bytes.
+#[derive(Default)]
+pub struct Utf8Carry {
+    held: Vec<u8>,
+}
+
+impl Utf8Carry {
+    /// The bytes ready to send now, with any incomplete trailing character held back.
+    pub fn feed(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.held);
+        buf.extend_from_slice(data);
+        if let Err(e) = std::str::from_utf8(&buf) {
+            if e.error_len().is_none() && buf.len() - e.valid_up_to() <= 3 {
+                self.held = buf.split_off(e.valid_up_to());
+            }
+        }
+        buf
+    }
+
+    /// Whatever is still held at the end of the stream.
+    pub fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
+}
+
+/// An `exec.output` notification line for one chunk.
+pub fn output_notification(id: &Value, stream: StreamKind, data: &[u8]) -> String {
+    let (text, encoding) = encode_bytes(data);
+    let mut params = json!({"id": id, "stream": stream, "data": text});
+    if let Some(enc) = encoding {
+        params["encoding"] = json!(enc);
+    }
+    json!({"jsonrpc": "2.0", "method": "exec.output", "params": params}).to_string()
+}
+
+/// The ExecResult object of the protocol.
+pub fn exec_result(o: &ExecOutcome, duration: Duration, runtime: RuntimeKind) -> Value {
+    let (stdout, out_enc) = encode_bytes(&o.stdout);
+    let (stderr, err_enc) = encode_bytes(&o.stderr);
+    let mut v = json!({
+        "exit_code": o.exit_code,
+        "stdout": stdout,
+        "stderr": stderr,
+        "timed_out": o.timed_out,
+        "truncated": o.truncated,
+        "duration_ms": duration.as_millis() as u64,
+        "runtime": runtime.as_str(),
+    });
+    if let Some(e) = out_enc {
+        v["stdout_encoding"] = json!(e);
+    }
+    if let Some(e) = err_enc {
+        v["stderr_encoding"] = json!(e);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind_of(line: &str) -> ErrorKind {
+        match decode(line.as_bytes(), &Config::default(), false).request {
+            Ok(r) => panic!("{line} decoded to {r:?}"),
+            Err(e) => e.kind,
+        }
+    }
+
+    #[test]
+    fn bad_requests_table() {
+        use ErrorKind::*;
+        let rows: &[(&str, ErrorKind)] = &[
+            ("not json", ParseError),
+            ("[1,2]", InvalidRequest),
+            (r#"{"jsonrpc":"2.0","method":"daemon.info"}"#, InvalidRequest),
+            (r#"{"jsonrpc":"1.0","id":1,"method":"daemon.info"}"#, InvalidRequest),
+            (r#"{"jsonrpc":"2.0","id":{},"method":"daemon.info"}"#, InvalidRequest),
+            (r#"{"jsonrpc":"2.0","id":1,"method":5}"#, InvalidRequest),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"daemon.info","extra":1}"#, InvalidRequest),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"nope"}"#, MethodNotFound),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"debug.panic","params":{"name":"a"}}"#, MethodNotFound),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"daemon.info","params":[]}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"daemon.info","params":{"x":1}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.get","params":{}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.get","params":{"name":5}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.get","params":{"name":"../x"}}"#, InvalidName),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.get","params":{"name":"a","x":1}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.create","params":{"name":"a","image":"a b"}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.create","params":{"name":"a","env":{"A=B":"1"}}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.create","params":{"name":"a","ports":{"80":"99999"}}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.logs","params":{"name":"a","tail":-1}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.logs","params":{"name":"a","tail":"5"}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":[]}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":[""]}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":"ls"}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":["ls"],"timeout":"soon"}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":["ls"],"workdir":"rel"}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":["ls"],"workdir":"/proc/1"}}"#, InvalidParams),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"A","command":["ls"]}}"#, InvalidName),
+        ];
+        for (line, want) in rows {
+            assert_eq!(kind_of(line), *want, "{line}");
+        }
+    }
+
+    #[test]
+    fn good_exec_decodes() {
+        let line = r#"{"jsonrpc":"2.0","id":"x","method":"project.exec","params":{"name":"a","command":["echo","hi"],"timeout":"2s","env":{"A":"1"},"stream":true,"stdin":"in"}}"#;
+        let d = decode(line.as_bytes(), &Config::default(), false);
+        assert_eq!(d.id, json!("x"));
+        let Ok(Request::Exec(e)) = d.request else { panic!("not an exec") };
+        assert_eq!(e.argv, ["echo", "hi"]);
+        assert_eq!(e.timeout, Some(Duration::from_secs(2)));
+        assert!(e.stream);
+        assert_eq!(e.stdin.as_deref(), Some(&b"in"[..]));
+    }
+
+    #[test]
+    fn utf8_carry_keeps_split_characters_as_text() {
+        let snow = "☃".as_bytes();
+        let mut c = Utf8Carry::default();
+        let first = c.feed(&[b'a', snow[0]]);
+        assert_eq!(first, b"a");
+        let second = c.feed(&snow[1..]);
+        assert_eq!(second, snow);
+        assert!(c.finish().is_empty());
+        let (text, enc) = encode_bytes(&[0xff, 0x00]);
+        assert_eq!((text.as_str(), enc), ("/wA=", Some("base64")));
+    }
+}

@@ -1,0 +1,340 @@
+//! The control socket: accepts connections, gates them by peer credentials, reads
+//! newline-delimited JSON-RPC, runs requests concurrently and writes responses in the
+//! order they finish.
+//!
+//! Limits live here: the line length (`too_large`, then close), open connections and
+//! in-flight requests per connection (`busy`), and an idle timeout for silent
+//! connections. Closing a connection (or its write half) cancels its running execs. The
+//! server decides nothing about projects: it hands each decoded request to `Service`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::handler::{ConnHandle, Service};
+use super::protocol;
+use crate::config::ServerConfig;
+use crate::error::{Error, ErrorKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another berthd is already serving {0}")]
+    InUse(PathBuf),
+    #[error("socket {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("socket dir {0} is writable by everyone; refusing to put the socket there")]
+    WorldWritable(PathBuf),
+    #[error("socket_group {0:?} does not exist")]
+    NoGroup(String),
+}
+
+/// Who may talk to the daemon.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub daemon_uid: u32,
+    pub allowed_uids: Vec<u32>,
+    pub group: Option<u32>,
+}
+
+impl Gate {
+    pub fn from_config(cfg: &ServerConfig) -> Result<Gate, BindError> {
+        let group = if cfg.socket_group.is_empty() {
+            None
+        } else {
+            Some(lookup_group(&cfg.socket_group).ok_or_else(|| BindError::NoGroup(cfg.socket_group.clone()))?)
+        };
+        // SAFETY: geteuid cannot fail.
+        let daemon_uid = unsafe { libc::geteuid() };
+        Ok(Gate { daemon_uid, allowed_uids: cfg.allowed_uids.clone(), group })
+    }
+
+    /// Root, the daemon's own uid, `allowed_uids`, and members of `socket_group`.
+    pub fn allows(&self, uid: u32, gid: u32, pid: Option<i32>) -> bool {
+        if uid == 0 || uid == self.daemon_uid || self.allowed_uids.contains(&uid) {
+            return true;
+        }
+        match self.group {
+            Some(g) if gid == g => true,
+            Some(g) => pid.map(|p| supplementary_groups(p).contains(&g)).unwrap_or(false),
+            None => false,
+        }
+    }
+}
+
+fn lookup_group(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
+    })
+}
+
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Groups:"))
+                .map(|l| l[7..].split_whitespace().filter_map(|g| g.parse().ok()).collect())
+        })
+        .unwrap_or_default()
+}
+
+/// Binds the socket: refuses a live one, replaces a stale one, makes the parent dir if
+/// needed (0755, never world-writable), then applies mode and group.
+pub async fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, BindError> {
+    let io = |source| BindError::Io { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+        }
+        let m = std::fs::metadata(dir).map_err(io)?.permissions().mode();
+        if m & 0o002 != 0 && m & 0o1000 == 0 {
+            return Err(BindError::WorldWritable(dir.to_path_buf()));
+        }
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(BindError::InUse(path.to_path_buf()));
+        }
+        tracing::info!(socket = %path.display(), "replacing stale socket file");
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io)?;
+    }
+    Ok(listener)
+}
+
+pub struct Server {
+    pub listener: UnixListener,
+    pub service: Arc<Service>,
+    pub config: ServerConfig,
+    pub gate: Gate,
+}
+
+struct Shared {
+    service: Arc<Service>,
+    config: ServerConfig,
+    gate: Gate,
+    shutdown: CancellationToken,
+    debug_hooks: bool,
+}
+
+impl Server {
+    /// Serves until `shutdown` is cancelled, then waits (up to `shutdown_grace`) for the
+    /// requests in flight before failing the rest.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let debug_hooks = self.service.ctx.debug_hooks;
+        let shared = Arc::new(Shared {
+            service: self.service,
+            config: self.config.clone(),
+            gate: self.gate,
+            shutdown: shutdown.clone(),
+            debug_hooks,
+        });
+        let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        let tracker = TaskTracker::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let shared = shared.clone();
+                        match slots.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                tracker.spawn(async move {
+                                    serve_conn(stream, shared).await;
+                                    drop(permit);
+                                });
+                            }
+                            Err(_) => {
+                                tracker.spawn(refuse(stream, Error::new(ErrorKind::Busy, format!(
+                                    "too many open connections (max {})", self.config.max_connections
+                                ))));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+        drop(self.listener);
+        tracker.close();
+        tracker.wait().await;
+    }
+}
+
+async fn refuse(mut stream: UnixStream, e: Error) {
+    let line = protocol::error_response(&Value::Null, &e) + "\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(line.as_bytes())).await;
+}
+
+enum Line {
+    Data(Vec<u8>),
+    TooLong,
+    Eof,
+}
+
+/// Reads one `\n`-terminated line of at most `max` bytes without holding more than that.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::io::Result<Line> {
+    let mut line = Vec::new();
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(if line.is_empty() { Line::Eof } else { Line::Data(line) });
+        }
+        let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (&buf[..i], i + 1),
+            None => (buf, buf.len()),
+        };
+        if line.len() + chunk.len() > max {
+            return Ok(Line::TooLong);
+        }
+        line.extend_from_slice(chunk);
+        let found = done != buf.len() || buf.last() == Some(&b'\n');
+        r.consume(done);
+        if found {
+            return Ok(Line::Data(line));
+        }
+    }
+}
+
+async fn serve_conn(stream: UnixStream, shared: Arc<Shared>) {
+    let cred = stream.peer_cred().ok();
+    let (uid, gid, pid) = cred.map(|c| (c.uid(), c.gid(), c.pid())).unwrap_or((u32::MAX, u32::MAX, None));
+    if !shared.gate.allows(uid, gid, pid) {
+        tracing::warn!(uid, gid, pid = ?pid, "refused a connection from a peer that is not allowed");
+        let e = Error::new(ErrorKind::Forbidden, format!("uid {uid} is not allowed to use this socket"));
+        refuse(stream, e).await;
+        return;
+    }
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::with_capacity(64 * 1024, read);
+    let (tx, mut rx) = mpsc::channel::<String>(256);
+    let gone = CancellationToken::new();
+    let writer = {
+        let gone = gone.clone();
+        tokio::spawn(async move {
+            while let Some(mut line) = rx.recv().await {
+                line.push('\n');
+                if write.write_all(line.as_bytes()).await.is_err() {
+                    gone.cancel();
+                    break;
+                }
+            }
+            let _ = write.shutdown().await;
+        })
+    };
+    let conn = ConnHandle { out: tx.clone(), gone: gone.clone() };
+    let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
+    let requests = TaskTracker::new();
+    let max_line = shared.config.max_line.0 as usize;
+    let idle = shared.config.idle_timeout.0;
+    loop {
+        let busy = in_flight.available_permits() < shared.config.max_in_flight;
+        let next = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            r = read_line(&mut reader, max_line) => r,
+            _ = tokio::time::sleep(idle), if !busy => {
+                tracing::debug!(uid, "closing an idle connection");
+                break;
+            }
+        };
+        let line = match next {
+            Ok(Line::Data(l)) => l,
+            Ok(Line::Eof) | Err(_) => {
+                // The client is gone (or closed its write half): its execs are killed.
+                gone.cancel();
+                break;
+            }
+            Ok(Line::TooLong) => {
+                let e = Error::new(ErrorKind::TooLarge, format!("request line longer than {max_line} bytes; closing"));
+                let _ = tx.send(protocol::error_response(&Value::Null, &e)).await;
+                gone.cancel();
+                break;
+            }
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let decoded = protocol::decode(&line, &shared.service.ctx.config, shared.debug_hooks);
+        let request = match decoded.request {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(uid, method = %decoded.method, error = %e, "refused a request");
+                let _ = tx.send(protocol::error_response(&decoded.id, &e)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            let e = Error::new(
+                ErrorKind::Busy,
+                format!("too many requests in flight on this connection (max {})", shared.config.max_in_flight),
+            );
+            let _ = tx.send(protocol::error_response(&decoded.id, &e)).await;
+            continue;
+        };
+        if request.is_mutating() {
+            tracing::info!(uid, pid = ?pid, method = %decoded.method, project = ?request.project().map(|n| n.as_str()), "request");
+        }
+        let (service, conn, tx, id) = (shared.service.clone(), conn.clone(), tx.clone(), decoded.id);
+        requests.spawn(async move {
+            let line = match service.handle(&id, request, &conn).await {
+                Ok(result) => protocol::response(&id, result),
+                Err(e) => protocol::error_response(&id, &e),
+            };
+            let _ = tx.send(line).await;
+            drop(permit);
+        });
+    }
+    requests.close();
+    if shared.shutdown.is_cancelled() {
+        // Give what is running a grace period, then fail it.
+        if tokio::time::timeout(shared.config.shutdown_grace.0, requests.wait()).await.is_err() {
+            gone.cancel();
+        }
+    }
+    requests.wait().await;
+    drop(conn);
+    drop(tx);
+    let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_capped() {
+        let data = b"abc\ndefghij\nxy".to_vec();
+        let mut r = BufReader::with_capacity(4, &data[..]);
+        assert!(matches!(read_line(&mut r, 5).await.unwrap(), Line::Data(l) if l == b"abc"));
+        assert!(matches!(read_line(&mut r, 5).await.unwrap(), Line::TooLong));
+    }
+
+    #[test]
+    fn gate_table() {
+        let g = Gate { daemon_uid: 1000, allowed_uids: vec![2000], group: Some(3000) };
+        for (uid, gid, ok) in [(0, 0, true), (1000, 5, true), (2000, 5, true), (4000, 3000, true), (4000, 5, false)] {
+            assert_eq!(g.allows(uid, gid, None), ok, "uid {uid} gid {gid}");
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! `berthd`: wires config, runtimes, actors and the socket together and runs until
+//! SIGTERM or SIGINT.
+//!
+//! Start-up order: lock the state dir (one daemon per state dir), refuse a live socket,
+//! load the registry, reconcile once, bind (or take the socket from systemd), then tell
+//! systemd READY. Shutdown stops accepting, lets in-flight requests finish (up to
+//! `server.shutdown_grace`), checkpoints the registry, removes the socket file and exits
+//! 0. Containers are never stopped by a daemon shutdown.
+
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use ractor::Actor;
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::janitor::JanitorMsg;
+use crate::actors::registry::RegistryMsg;
+use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::actors::{ask, Ctx, RegistryHandle};
+use crate::api::handler::Service;
+use crate::api::server::{self, Gate, Server};
+use crate::config::{self, Config};
+use crate::runtime::docker::{DockerRuntime, DockerSettings};
+use crate::runtime::local::LocalRuntime;
+use crate::runtime::Runtimes;
+use crate::workspace::Workspaces;
+
+#[derive(Debug, Parser)]
+#[command(name = "berthd", version, about = "berth supervisor daemon: one isolated container per project")]
+pub struct Args {
+    /// Config file (default: /etc/berth/berth.toml if it exists, else built-in defaults).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Control socket path (overrides $BERTH_SOCKET and the config).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// State dir holding berth.db, projects/ and archive/ (overrides the config).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("berthd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !journald)
+        .with_target(false);
+    // journald stamps each line itself.
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// An exclusive lock on `<state_dir>/berthd.lock`, held for the daemon's life.
+struct StateLock {
+    _file: std::fs::File,
+}
+
+fn lock_state_dir(state_dir: &Path) -> anyhow::Result<StateLock> {
+    std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    let path = state_dir.join("berthd.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another berthd is using state dir {}", state_dir.display());
+    }
+    Ok(StateLock { _file: file })
+}
+
+/// The listener systemd passed us (socket activation), if any.
+fn activated_listener() -> anyhow::Result<Option<UnixListener>> {
+    let Ok(mut fds) = sd_notify::listen_fds() else { return Ok(None) };
+    let Some(fd) = fds.next() else { return Ok(None) };
+    // SAFETY: systemd hands us ownership of this descriptor (LISTEN_FDS).
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    std_listener.set_nonblocking(true)?;
+    Ok(Some(UnixListener::from_std(std_listener)?))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    let state_dir = config::resolve_state_dir(args.state_dir.as_deref(), config.state_dir.as_deref());
+    let socket = config::resolve_socket(args.socket.as_deref(), config.socket.as_deref());
+    let _lock = lock_state_dir(&state_dir)?;
+    let gate = Gate::from_config(&config.server)?;
+    let mode = config.socket_mode()?;
+    let activated = activated_listener()?;
+    // Refuse a live socket before touching any state.
+    if activated.is_none() && tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        bail!("another berthd is already serving {}", socket.display());
+    }
+
+    let workspaces = Workspaces::open(&state_dir)?;
+    let docker = DockerRuntime::new(DockerSettings::from_config(&config));
+    let runtimes = Runtimes::new(docker, Arc::new(LocalRuntime));
+    runtimes.refresh().await;
+    let debug_hooks = std::env::var("BERTH_DEBUG_HOOKS").is_ok_and(|v| v == "1");
+    let ctx = Arc::new(Ctx { config: config.clone(), workspaces, runtimes, registry: RegistryHandle::default(), debug_hooks });
+
+    let (supervisor, supervisor_task) =
+        Actor::spawn(None, Supervisor, SupervisorArgs { ctx: ctx.clone(), state_dir: state_dir.clone() })
+            .await
+            .context("cannot start the supervisor")?;
+
+    // First reconcile before serving, so the registry agrees with the engine.
+    let janitor = ask(&supervisor, "the supervisor", ctx.short_timeout(), SupervisorMsg::Janitor).await?;
+    if let Some(j) = janitor {
+        match ask(&j, "the janitor", ctx.lifecycle_timeout(), |r| JanitorMsg::Reconcile(Some(r))).await {
+            Ok(Ok(changes)) if !changes.is_empty() => tracing::info!(changes = changes.len(), "start-up reconcile"),
+            Ok(Err(e)) | Err(e) => tracing::warn!(error = %e, "start-up reconcile failed"),
+            _ => {}
+        }
+    }
+
+    let (listener, owns_socket) = match activated {
+        Some(l) => (l, false),
+        None => (server::bind(&socket, mode, gate.group).await?, true),
+    };
+    let service = Arc::new(Service { ctx: ctx.clone(), supervisor: supervisor.clone() });
+    let srv = Server { listener, service, config: config.server.clone(), gate };
+    let shutdown = CancellationToken::new();
+    let server_task = tokio::spawn(srv.run(shutdown.clone()));
+    tracing::info!(
+        socket = %socket.display(),
+        state_dir = %state_dir.display(),
+        runtime = ctx.runtimes.primary().kind().as_str(),
+        "berthd serving"
+    );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = spawn_watchdog(supervisor.clone());
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    shutdown.cancel();
+    let grace = config.server.shutdown_grace.0 + Duration::from_secs(5);
+    if tokio::time::timeout(grace, server_task).await.is_err() {
+        tracing::warn!("connections did not close within the grace period");
+    }
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    if let Ok(reg) = ctx.registry.get() {
+        match ask(&reg, "the registry", ctx.short_timeout(), RegistryMsg::Checkpoint).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) | Err(e) => tracing::warn!(error = %e, "registry checkpoint failed"),
+        }
+    }
+    supervisor.stop_children(None);
+    let _ = supervisor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+    let _ = supervisor_task.await;
+    if owns_socket {
+        let _ = std::fs::remove_file(&socket);
+    }
+    tracing::info!("stopped; containers keep running");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Pings systemd's watchdog only while the supervisor answers, so a wedged actor tree
+/// gets the daemon restarted.
+fn spawn_watchdog(supervisor: ractor::ActorRef<SupervisorMsg>) -> Option<tokio::task::JoinHandle<()>> {
+    let period = sd_notify::watchdog_enabled().filter(|d| !d.is_zero())? / 2;
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            if ask(&supervisor, "the supervisor", period, SupervisorMsg::Ping).await.is_ok() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            } else {
+                tracing::error!("supervisor did not answer the watchdog check");
+            }
+        }
+    }))
+}

@@ -1,0 +1,451 @@
+//! Domain types: validated newtypes and the project lifecycle.
+//!
+//! Every value that crosses the socket is parsed into one of these types exactly once, in
+//! `api/protocol.rs`; code downstream takes the validated types and never re-checks. This
+//! module owns no I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+use time::OffsetDateTime;
+
+/// Why a value was refused. The message names the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid project name {0:?}: must match ^[a-z0-9][a-z0-9_.-]{{0,62}}$ and not be . or ..")]
+    Name(String),
+    #[error("{0}")]
+    Param(String),
+}
+
+/// A project name: `^[a-z0-9][a-z0-9_.-]{0,62}$`, never `.` or `..`.
+///
+/// `parse` is the only constructor, so holding one proves the name is safe to use as a
+/// path component and inside a container name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProjectName(String);
+
+impl ProjectName {
+    pub fn parse(s: &str) -> Result<Self, ModelError> {
+        let b = s.as_bytes();
+        let first_ok = matches!(b.first(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit());
+        let rest_ok = b.iter().skip(1).all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        });
+        if !first_ok || !rest_ok || b.len() > 63 || s == "." || s == ".." {
+            return Err(ModelError::Name(s.to_string()));
+        }
+        Ok(Self(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for ProjectName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Environment variables: keys non-empty without `=` or NUL, values without NUL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvMap(BTreeMap<String, String>);
+
+impl EnvMap {
+    pub fn parse(map: BTreeMap<String, String>) -> Result<Self, ModelError> {
+        for (k, v) in &map {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(ModelError::Param(format!(
+                    "invalid env key {k:?}: must be non-empty without '=' or NUL"
+                )));
+            }
+            if v.contains('\0') {
+                return Err(ModelError::Param(format!("invalid env value for {k:?}: contains NUL")));
+            }
+        }
+        Ok(Self(map))
+    }
+
+    /// Parses `K=V` pairs as the CLI takes them.
+    pub fn parse_pairs<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Self, ModelError> {
+        let mut map = BTreeMap::new();
+        for p in pairs {
+            let (k, v) = p
+                .split_once('=')
+                .ok_or_else(|| ModelError::Param(format!("invalid env {p:?}: expected K=V")))?;
+            map.insert(k.to_string(), v.to_string());
+        }
+        Self::parse(map)
+    }
+
+    /// `self` with `over` layered on top: per-exec env wins over the project's env.
+    pub fn merged(&self, over: &EnvMap) -> EnvMap {
+        let mut m = self.0.clone();
+        m.extend(over.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+        EnvMap(m)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+
+    pub fn as_map(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+
+    pub fn to_docker(&self) -> Vec<String> {
+        self.0.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+}
+
+/// Port mappings: container port (`80`, `80/tcp`, `53/udp`) to host port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortMap(BTreeMap<String, u16>);
+
+impl PortMap {
+    pub fn parse(map: BTreeMap<String, String>) -> Result<Self, ModelError> {
+        let mut out = BTreeMap::new();
+        for (container, host) in map {
+            let (port, proto) = match container.split_once('/') {
+                Some((p, proto)) => (p, proto),
+                None => (container.as_str(), "tcp"),
+            };
+            if proto != "tcp" && proto != "udp" {
+                return Err(ModelError::Param(format!(
+                    "invalid port {container:?}: protocol must be tcp or udp"
+                )));
+            }
+            parse_port(port, &container)?;
+            let host_port = parse_port(&host, &host)?;
+            out.insert(format!("{port}/{proto}"), host_port);
+        }
+        Ok(Self(out))
+    }
+
+    /// Parses `HOST:CONTAINER` pairs as the CLI takes them.
+    pub fn parse_pairs<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Self, ModelError> {
+        let mut map = BTreeMap::new();
+        for p in pairs {
+            let (h, c) = p.split_once(':').ok_or_else(|| {
+                ModelError::Param(format!("invalid port {p:?}: expected HOST:CONTAINER"))
+            })?;
+            map.insert(c.to_string(), h.to_string());
+        }
+        Self::parse(map)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &u16)> {
+        self.0.iter()
+    }
+
+    pub fn to_wire(&self) -> BTreeMap<String, String> {
+        self.0.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()
+    }
+}
+
+fn parse_port(s: &str, whole: &str) -> Result<u16, ModelError> {
+    match s.parse::<u16>() {
+        Ok(p) if p >= 1 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(p),
+        _ => Err(ModelError::Param(format!("invalid port {whole:?}: must be 1-65535"))),
+    }
+}
+
+/// An image reference such as `node:20-slim` or `registry:5000/a/b@sha256:...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef(String);
+
+impl ImageRef {
+    pub fn parse(s: &str) -> Result<Self, ModelError> {
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@'));
+        let first = s.as_bytes().first().copied().unwrap_or(b'-');
+        if s.is_empty() || s.len() > 255 || !ok_chars || !first.is_ascii_alphanumeric() {
+            return Err(ModelError::Param(format!("invalid image reference {s:?}")));
+        }
+        Ok(Self(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An exec working directory: absolute, no NUL, not under `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workdir(String);
+
+impl Workdir {
+    pub fn parse(s: &str) -> Result<Self, ModelError> {
+        let bad = |why: &str| Err(ModelError::Param(format!("invalid workdir {s:?}: {why}")));
+        if !s.starts_with('/') {
+            return bad("must be an absolute path");
+        }
+        if s.contains('\0') {
+            return bad("contains NUL");
+        }
+        if s.len() > 4096 {
+            return bad("longer than 4096 bytes");
+        }
+        // Resolve `.` and `..` lexically so `/x/../proc` is seen for what it is.
+        let mut parts: Vec<&str> = Vec::new();
+        for c in s.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                c => parts.push(c),
+            }
+        }
+        if parts.first() == Some(&"proc") {
+            return bad("must not be under /proc");
+        }
+        Ok(Self(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Parses a humantime duration within `[min, max]`, naming the value when it is refused.
+pub fn parse_duration(what: &str, s: &str, min: Duration, max: Duration) -> Result<Duration, ModelError> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| ModelError::Param(format!("invalid {what} {s:?}: {e}")))?;
+    if d < min || d > max {
+        return Err(ModelError::Param(format!(
+            "invalid {what} {s:?}: must be between {} and {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        )));
+    }
+    Ok(d)
+}
+
+/// Where a project is in its lifecycle, as the registry records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// A create is in progress (or was interrupted by a crash).
+    Creating,
+    /// Registered with a workspace but no container (no engine answered).
+    Created,
+    Running,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "creating" => Status::Creating,
+            "created" => Status::Created,
+            "running" => Status::Running,
+            "stopped" => Status::Stopped,
+            _ => return None,
+        })
+    }
+
+    /// A start (or an exec's implicit start) may proceed from here.
+    pub fn can_start(self) -> bool {
+        matches!(self, Status::Created | Status::Stopped | Status::Running)
+    }
+
+    /// A stop may proceed from here (stopping a stopped project is a no-op).
+    pub fn can_stop(self) -> bool {
+        matches!(self, Status::Running | Status::Stopped | Status::Created)
+    }
+
+    /// An exec may run without a lifecycle change first.
+    pub fn can_exec_directly(self) -> bool {
+        matches!(self, Status::Running)
+    }
+
+    /// Delete and archive are always allowed: they are how a stuck project is cleared.
+    pub fn can_delete(self) -> bool {
+        true
+    }
+}
+
+impl Serialize for Status {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A registered project: the registry's row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Project {
+    pub name: ProjectName,
+    pub description: String,
+    pub image: ImageRef,
+    pub created: OffsetDateTime,
+    pub last_used: OffsetDateTime,
+    pub status: Status,
+    pub env: EnvMap,
+    pub ports: PortMap,
+    pub path: PathBuf,
+}
+
+impl Serialize for Project {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            name: &'a str,
+            description: &'a str,
+            image: &'a str,
+            created: String,
+            last_used: String,
+            status: Status,
+            env: &'a BTreeMap<String, String>,
+            ports: BTreeMap<String, String>,
+            path: String,
+        }
+        Wire {
+            name: self.name.as_str(),
+            description: &self.description,
+            image: self.image.as_str(),
+            created: rfc3339(self.created),
+            last_used: rfc3339(self.last_used),
+            status: self.status,
+            env: self.env.as_map(),
+            ports: self.ports.to_wire(),
+            path: self.path.display().to_string(),
+        }
+        .serialize(s)
+    }
+}
+
+/// Formats a time as RFC 3339 in UTC.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// What a create asks for, validated.
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    pub name: ProjectName,
+    pub image: Option<ImageRef>,
+    pub description: String,
+    pub env: EnvMap,
+    pub ports: PortMap,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_names_table() {
+        let good = ["a", "0", "my-project", "a.b_c-d", &"a".repeat(63)];
+        for n in good {
+            assert!(ProjectName::parse(n).is_ok(), "{n} should be accepted");
+        }
+        let too_long = "a".repeat(64);
+        let bad = [
+            "", ".", "..", "../x", "x/y", "-a", "_a", ".a", "A", "aB", "a b", "a\0", "é", &too_long,
+            "a/../../etc",
+        ];
+        for n in bad {
+            let err = ProjectName::parse(n).unwrap_err();
+            assert!(err.to_string().contains(&format!("{n:?}")), "error names the value: {err}");
+        }
+    }
+
+    #[test]
+    fn env_table() {
+        let bad = [("", "v"), ("A=B", "v"), ("A\0", "v"), ("A", "v\0")];
+        for (k, v) in bad {
+            let m = BTreeMap::from([(k.to_string(), v.to_string())]);
+            assert!(EnvMap::parse(m).is_err(), "{k:?}={v:?} should be refused");
+        }
+        let base = EnvMap::parse_pairs(["A=1", "B=2"]).unwrap();
+        let over = EnvMap::parse_pairs(["B=3", "C=x=y"]).unwrap();
+        let m = base.merged(&over);
+        assert_eq!(m.to_docker(), vec!["A=1", "B=3", "C=x=y"]);
+    }
+
+    #[test]
+    fn ports_table() {
+        for (c, h) in [("0", "80"), ("80", "0"), ("80", "65536"), ("80/sctp", "80"), ("x", "80"), ("80", "-1"), ("+80", "1")] {
+            let m = BTreeMap::from([(c.to_string(), h.to_string())]);
+            assert!(PortMap::parse(m).is_err(), "{c}->{h} should be refused");
+        }
+        let p = PortMap::parse_pairs(["8080:80", "5353:53/udp"]).unwrap();
+        assert_eq!(p.to_wire().get("80/tcp").map(String::as_str), Some("8080"));
+        assert_eq!(p.to_wire().get("53/udp").map(String::as_str), Some("5353"));
+    }
+
+    #[test]
+    fn images_and_workdirs() {
+        for ok in ["node:20-slim", "busybox", "reg:5000/a/b:c", "a@sha256:abc"] {
+            assert!(ImageRef::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", "a b", "a;rm", ":tag"] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad}");
+        }
+        for ok in ["/", "/workspace", "/workspace/a/b", "/tmp/procx"] {
+            assert!(Workdir::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["rel", "", "/proc", "/proc/1", "//proc/self", "/./proc", "/a\0", "/x/../proc"] {
+            assert!(Workdir::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_table() {
+        use Status::*;
+        // state x operation: (status, can_start, can_stop, can_exec_directly)
+        let table = [
+            (Creating, false, false, false),
+            (Created, true, true, false),
+            (Running, true, true, true),
+            (Stopped, true, true, false),
+        ];
+        for (s, start, stop, exec) in table {
+            assert_eq!(s.can_start(), start, "{s:?} start");
+            assert_eq!(s.can_stop(), stop, "{s:?} stop");
+            assert_eq!(s.can_exec_directly(), exec, "{s:?} exec");
+            assert!(s.can_delete());
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let min = Duration::from_millis(1);
+        let max = Duration::from_secs(86400);
+        assert_eq!(parse_duration("timeout", "30s", min, max).unwrap(), Duration::from_secs(30));
+        for bad in ["", "x", "-1s", "0s", "2d"] {
+            let e = parse_duration("timeout", bad, min, max).unwrap_err();
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! The Docker runtime: one container per project, on the engine, through bollard.
+//!
+//! This is the only module that imports bollard. Containers are named `berth-<project>`,
+//! carry the project and managed-by labels, join the labelled bridge network, mount the
+//! workspace at `/workspace`, run an init as PID 1 and are kept alive by a shell loop that
+//! works in any image with `/bin/sh` (a bare busybox one included). It never touches a
+//! container without the managed-by label.
+//!
+//! Docker has no API to kill an exec, so every exec carries a random marker in its
+//! environment (`BERTH_EXEC_ID`); at a timeout or cancel a second exec kills every
+//! process in the container whose environment holds that marker — the whole tree the
+//! command started, whatever process groups it made.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, NetworkCreateRequest, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::{Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, LiveTx, Runtime, RuntimeError, RuntimeKind, StreamKind};
+use crate::config::Config;
+use crate::model::ProjectName;
+
+/// Keeps the container alive in any image with a POSIX shell; exits at once on SIGTERM
+/// so that stops are quick instead of waiting out the stop timeout.
+const KEEPALIVE: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+
+/// Kills every process whose environment carries `BERTH_EXEC_ID=$1`, repeating while it
+/// still finds some (a dying tree may fork once more).
+const KILL_TREE: &str = r#"m="BERTH_EXEC_ID=$1"; n=0
+while [ $n -lt 50 ]; do
+  found=
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    [ "$p" = "$$" ] && continue
+    if grep -qsF "$m" "$d/environ" 2>/dev/null; then kill -9 "$p" 2>/dev/null && found=1; fi
+  done
+  [ -z "$found" ] && exit 0
+  n=$((n+1))
+done
+exit 1"#;
+
+/// How long output is still read after the command's tree was killed.
+const DRAIN_AFTER_KILL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct DockerSettings {
+    pub host: String,
+    pub network: String,
+    pub label_project: String,
+    pub label_managed_by: String,
+    pub api_timeout: Duration,
+    pub pull_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub memory: u64,
+    pub pids_limit: i64,
+    pub cpus: f64,
+}
+
+impl DockerSettings {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            host: c.docker_host(),
+            network: c.docker.network.clone(),
+            label_project: c.docker.label_project.clone(),
+            label_managed_by: c.docker.label_managed_by.clone(),
+            api_timeout: c.docker.api_timeout.0,
+            pull_timeout: c.docker.pull_timeout.0,
+            stop_timeout: c.docker.stop_timeout.0,
+            memory: c.container.memory.0,
+            pids_limit: c.container.pids_limit,
+            cpus: c.container.cpus,
+        }
+    }
+}
+
+/// The value of the managed-by label on every container berth makes.
+pub const MANAGED_BY: &str = "berth";
+
+pub struct DockerRuntime {
+    settings: DockerSettings,
+    client: Mutex<Option<Docker>>,
+    network_ready: AtomicBool,
+}
+
+impl DockerRuntime {
+    pub fn new(settings: DockerSettings) -> Arc<Self> {
+        Arc::new(Self { settings, client: Mutex::new(None), network_ready: AtomicBool::new(false) })
+    }
+
+    pub fn container_name(project: &ProjectName) -> String {
+        format!("berth-{project}")
+    }
+
+    /// The client, connecting (and negotiating the API version) on first use and again
+    /// after the engine went away.
+    async fn client(&self) -> Result<Docker, RuntimeError> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let host = &self.settings.host;
+        let secs = self.settings.api_timeout.as_secs().max(1);
+        let docker = if host.starts_with("unix://") || host.starts_with('/') {
+            Docker::connect_with_unix(host, secs, bollard::API_DEFAULT_VERSION)
+        } else {
+            Docker::connect_with_http(host, secs, bollard::API_DEFAULT_VERSION)
+        }
+        .map_err(|e| RuntimeError::Unavailable(format!("{host}: {e}")))?;
+        let docker = tokio::time::timeout(self.settings.api_timeout, docker.negotiate_version())
+            .await
+            .map_err(|_| RuntimeError::Unavailable(format!("{host}: no answer within {:?}", self.settings.api_timeout)))?
+            .map_err(|e| RuntimeError::Unavailable(format!("{host}: {e}")))?;
+        *guard = Some(docker.clone());
+        Ok(docker)
+    }
+
+    /// Maps a bollard error; connection-level failures drop the client so the next call
+    /// reconnects (and renegotiates) instead of reusing a dead one.
+    async fn fail(&self, e: BollardError) -> RuntimeError {
+        match e {
+            BollardError::DockerResponseServerError { status_code, message } => {
+                RuntimeError::Engine(format!("{message} (HTTP {status_code})"))
+            }
+            BollardError::DockerStreamError { error } => RuntimeError::Engine(error),
+            other => {
+                *self.client.lock().await = None;
+                self.network_ready.store(false, Ordering::Relaxed);
+                RuntimeError::Unavailable(format!("{}: {other}", self.settings.host))
+            }
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, BollardError>>,
+    ) -> Result<T, RuntimeError> {
+        match tokio::time::timeout(self.settings.api_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.fail(e).await),
+            Err(_) => {
+                *self.client.lock().await = None;
+                Err(RuntimeError::Unavailable(format!(
+                    "{what}: no answer from {} within {:?}",
+                    self.settings.host, self.settings.api_timeout
+                )))
+            }
+        }
+    }
+
+    fn is_not_found(e: &BollardError) -> bool {
+        matches!(e, BollardError::DockerResponseServerError { status_code: 404, .. })
+    }
+
+    fn is_conflict(e: &BollardError) -> bool {
+        matches!(e, BollardError::DockerResponseServerError { status_code: 409, .. })
+    }
+
+    fn is_not_modified(e: &BollardError) -> bool {
+        matches!(e, BollardError::DockerResponseServerError { status_code: 304, .. })
+    }
+
+    async fn ensure_network(&self, docker: &Docker) -> Result<(), RuntimeError> {
+        if self.network_ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let name = &self.settings.network;
+        match tokio::time::timeout(self.settings.api_timeout, docker.inspect_network(name, None)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if Self::is_not_found(&e) => {
+                let req = NetworkCreateRequest {
+                    name: name.clone(),
+                    driver: Some("bridge".into()),
+                    labels: Some(HashMap::from([(self.settings.label_managed_by.clone(), MANAGED_BY.into())])),
+                    ..Default::default()
+                };
+                match tokio::time::timeout(self.settings.api_timeout, docker.create_network(req)).await {
+                    Ok(Ok(_)) => tracing::info!(network = %name, "created network"),
+                    Ok(Err(e)) if Self::is_conflict(&e) => {}
+                    Ok(Err(e)) => return Err(self.fail(e).await),
+                    Err(_) => return Err(RuntimeError::Unavailable(format!("creating network {name}: timed out"))),
+                }
+            }
+            Ok(Err(e)) => return Err(self.fail(e).await),
+            Err(_) => return Err(RuntimeError::Unavailable(format!("inspecting network {name}: timed out"))),
+        }
+        self.network_ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes sure the image is present, pulling it if not; a failed pull names the image
+    /// and the engine's reason.
+    async fn ensure_image(&self, docker: &Docker, image: &str) -> Result<(), RuntimeError> {
+        match tokio::time::timeout(self.settings.api_timeout, docker.inspect_image(image)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) if Self::is_not_found(&e) => {}
+            Ok(Err(e)) => return Err(self.fail(e).await),
+            Err(_) => return Err(RuntimeError::Unavailable(format!("inspecting image {image}: timed out"))),
+        }
+        let (repo, tag) = split_image(image);
+        tracing::info!(%image, "pulling image");
+        let opts = CreateImageOptionsBuilder::new().from_image(repo).tag(tag).build();
+        let pull = async {
+            let mut stream = docker.create_image(Some(opts), None, None);
+            while let Some(item) = stream.next().await {
+                item?;
+            }
+            Ok::<(), BollardError>(())
+        };
+        match tokio::time::timeout(self.settings.pull_timeout, pull).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RuntimeError::Image {
+                image: image.into(),
+                why: format!("not present and the pull failed: {}", describe(&e)),
+            }),
+            Err(_) => Err(RuntimeError::Image {
+                image: image.into(),
+                why: format!("not present and the pull did not finish within {:?}", self.settings.pull_timeout),
+            }),
+        }
+    }
+
+    fn create_body(&self, spec: &ContainerSpec<'_>) -> ContainerCreateBody {
+        let s = &self.settings;
+        let labels = HashMap::from([
+            (s.label_project.clone(), spec.project.to_string()),
+            (s.label_managed_by.clone(), MANAGED_BY.to_string()),
+        ]);
+        let mut port_bindings = HashMap::new();
+        let mut exposed = Vec::new();
+        for (container, host) in spec.ports.iter() {
+            exposed.push(container.clone());
+            port_bindings.insert(
+                container.clone(),
+                Some(vec![PortBinding { host_ip: None, host_port: Some(host.to_string()) }]),
+            );
+        }
+        let host_config = HostConfig {
+            init: Some(true),
+            network_mode: Some(s.network.clone()),
+            binds: Some(vec![format!("{}:/workspace:rw", spec.workspace.display())]),
+            port_bindings: Some(port_bindings),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            privileged: Some(false),
+            memory: (s.memory > 0).then_some(s.memory as i64),
+            pids_limit: (s.pids_limit > 0).then_some(s.pids_limit),
+            nano_cpus: (s.cpus > 0.0).then_some((s.cpus * 1e9) as i64),
+            // Containers come back after an engine restart, unless berth stopped them.
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(spec.image.to_string()),
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), KEEPALIVE.into()]),
+            cmd: Some(vec![]),
+            env: Some(spec.env.to_docker()),
+            labels: Some(labels),
+            working_dir: Some("/workspace".into()),
+            exposed_ports: Some(exposed),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    async fn inspect_raw(&self, docker: &Docker, project: &ProjectName) -> Result<Option<ContainerInfo>, RuntimeError> {
+        let name = Self::container_name(project);
+        match tokio::time::timeout(self.settings.api_timeout, docker.inspect_container(&name, None)).await {
+            Ok(Ok(c)) => {
+                let config = c.config.unwrap_or_default();
+                let labels = config.labels.unwrap_or_default();
+                if labels.get(&self.settings.label_managed_by).map(String::as_str) != Some(MANAGED_BY) {
+                    // Someone else's container holds our name: never touch it.
+                    return Err(RuntimeError::Engine(format!(
+                        "container {name} exists but is not managed by berth; remove or rename it"
+                    )));
+                }
+                Ok(Some(ContainerInfo {
+                    container_id: c.id.unwrap_or_default(),
+                    project: labels.get(&self.settings.label_project).cloned(),
+                    running: c.state.and_then(|s| s.running).unwrap_or(false),
+                    image: config.image.unwrap_or_default(),
+                    created: c.created.map(|d| d.to_string()).unwrap_or_default(),
+                }))
+            }
+            Ok(Err(e)) if Self::is_not_found(&e) => Ok(None),
+            Ok(Err(e)) => Err(self.fail(e).await),
+            Err(_) => Err(RuntimeError::Unavailable(format!("inspecting {name}: timed out"))),
+        }
+    }
+
+    async fn start_raw(&self, docker: &Docker, name: &str) -> Result<(), RuntimeError> {
+        match tokio::time::timeout(self.settings.api_timeout, docker.start_container(name, None)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if Self::is_not_modified(&e) => Ok(()),
+            Ok(Err(e)) => Err(self.fail(e).await),
+            Err(_) => Err(RuntimeError::Unavailable(format!("starting {name}: timed out"))),
+        }
+    }
+
+    /// Kills the tree of one exec from inside the container.
+    async fn kill_tree(&self, docker: &Docker, container: &str, marker: &str, user: Option<String>) {
+        let opts = CreateExecOptions {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(vec!["/bin/sh".to_string(), "-c".into(), KILL_TREE.into(), "berth-kill".into(), marker.into()]),
+            user,
+            ..Default::default()
+        };
+        let run = async {
+            let created = docker.create_exec(container, opts).await?;
+            if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&created.id, None).await? {
+                while output.next().await.is_some() {}
+            }
+            Ok::<(), BollardError>(())
+        };
+        match tokio::time::timeout(self.settings.api_timeout, run).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(%container, error = %e, "could not kill exec tree"),
+            Err(_) => tracing::warn!(%container, "killing exec tree timed out"),
+        }
+    }
+
+    async fn exit_code(&self, docker: &Docker, exec_id: &str) -> Result<i64, RuntimeError> {
+        // The attach stream can end a moment before the engine records the exit code.
+        let mut delay = Duration::from_millis(1);
+        let deadline = Instant::now() + self.settings.api_timeout;
+        loop {
+            let info = self.bounded("inspecting exec", docker.inspect_exec(exec_id)).await?;
+            if info.running != Some(true) {
+                if let Some(code) = info.exit_code {
+                    return Ok(code);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(RuntimeError::Engine(format!("exec {exec_id} never reported an exit code")));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Docker
+    }
+
+    async fn ping(&self) -> Result<String, RuntimeError> {
+        let docker = self.client().await?;
+        let v = self.bounded("version", docker.version()).await?;
+        Ok(v.version.unwrap_or_else(|| "unknown".into()))
+    }
+
+    async fn ensure_running(&self, spec: &ContainerSpec<'_>) -> Result<Option<ContainerInfo>, RuntimeError> {
+        let docker = self.client().await?;
+        let name = Self::container_name(spec.project);
+        match self.inspect_raw(&docker, spec.project).await? {
+            Some(info) if info.running => return Ok(Some(info)),
+            Some(_) => self.start_raw(&docker, &name).await?,
+            None => {
+                self.ensure_network(&docker).await?;
+                self.ensure_image(&docker, spec.image.as_str()).await?;
+                let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+                let body = self.create_body(spec);
+                match tokio::time::timeout(self.settings.api_timeout, docker.create_container(Some(opts), body)).await {
+                    Ok(Ok(_)) => {}
+                    // Made by a racing call a moment ago: fine, start it below.
+                    Ok(Err(e)) if Self::is_conflict(&e) => {}
+                    Ok(Err(e)) => return Err(self.fail(e).await),
+                    Err(_) => return Err(RuntimeError::Unavailable(format!("creating {name}: timed out"))),
+                }
+                self.start_raw(&docker, &name).await?;
+            }
+        }
+        match self.inspect_raw(&docker, spec.project).await? {
+            Some(info) if info.running => Ok(Some(info)),
+            Some(_) => Err(RuntimeError::Engine(format!(
+                "container {name} stopped right after starting; does image {} have /bin/sh?",
+                spec.image
+            ))),
+            None => Err(RuntimeError::Engine(format!("container {name} vanished right after starting"))),
+        }
+    }
+
+    async fn stop(&self, project: &ProjectName) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let name = Self::container_name(project);
+        if self.inspect_raw(&docker, project).await?.is_none() {
+            return Ok(());
+        }
+        let t = self.settings.stop_timeout.as_secs() as i32;
+        let opts = StopContainerOptionsBuilder::new().t(t).build();
+        let budget = self.settings.api_timeout + self.settings.stop_timeout;
+        match tokio::time::timeout(budget, docker.stop_container(&name, Some(opts))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if Self::is_not_modified(&e) || Self::is_not_found(&e) => Ok(()),
+            Ok(Err(e)) => Err(self.fail(e).await),
+            Err(_) => Err(RuntimeError::Unavailable(format!("stopping {name}: timed out"))),
+        }
+    }
+
+    async fn remove(&self, project: &ProjectName) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let name = Self::container_name(project);
+        if self.inspect_raw(&docker, project).await?.is_none() {
+            return Ok(());
+        }
+        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        match tokio::time::timeout(self.settings.api_timeout, docker.remove_container(&name, Some(opts))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if Self::is_not_found(&e) => Ok(()),
+            // 409: removal already in progress.
+            Ok(Err(e)) if Self::is_conflict(&e) => Ok(()),
+            Ok(Err(e)) => Err(self.fail(e).await),
+            Err(_) => Err(RuntimeError::Unavailable(format!("removing {name}: timed out"))),
+        }
+    }
+
+    async fn inspect(&self, project: &ProjectName) -> Result<Option<ContainerInfo>, RuntimeError> {
+        let docker = self.client().await?;
+        self.inspect_raw(&docker, project).await
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let docker = self.client().await?;
+        let filter = format!("{}={}", self.settings.label_managed_by, MANAGED_BY);
+        let filters = HashMap::from([("label", vec![filter.as_str()])]);
+        let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let list = self.bounded("listing containers", docker.list_containers(Some(opts))).await?;
+        Ok(list
+            .into_iter()
+            .map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                ContainerInfo {
+                    container_id: c.id.unwrap_or_default(),
+                    project: labels.get(&self.settings.label_project).cloned(),
+                    running: c.state.map(|s| s.to_string() == "running").unwrap_or(false),
+                    image: c.image.unwrap_or_default(),
+                    created: c
+                        .created
+                        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                        .map(crate::model::rfc3339)
+                        .unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
+    async fn logs(&self, project: &ProjectName, tail: Option<u64>) -> Result<String, RuntimeError> {
+        let docker = self.client().await?;
+        if self.inspect_raw(&docker, project).await?.is_none() {
+            return Err(RuntimeError::Engine(format!("project {project} has no container")));
+        }
+        let tail = tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into());
+        let opts = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(&tail).build();
+        let name = Self::container_name(project);
+        let collect = async {
+            let mut out = Vec::new();
+            let mut stream = docker.logs(&name, Some(opts));
+            while let Some(item) = stream.next().await {
+                out.extend_from_slice(&item?.into_bytes());
+            }
+            Ok::<_, BollardError>(out)
+        };
+        let bytes = self.bounded("reading logs", collect).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    async fn exec(
+        &self,
+        project: &ProjectName,
+        _workspace: &Path,
+        spec: ExecSpec,
+        live: Option<LiveTx>,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, RuntimeError> {
+        let docker = self.client().await?;
+        let container = Self::container_name(project);
+        let marker = super::token();
+        let mut env = spec.env.to_docker();
+        env.push(format!("BERTH_EXEC_ID={marker}"));
+        let opts = CreateExecOptions {
+            attach_stdin: Some(spec.stdin.is_some()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            env: Some(env),
+            cmd: Some(spec.argv.clone()),
+            working_dir: Some(spec.workdir.as_ref().map(|w| w.as_str().to_string()).unwrap_or_else(|| "/workspace".into())),
+            ..Default::default()
+        };
+        let created = self.bounded("creating exec", docker.create_exec(&container, opts)).await?;
+        let start = StartExecOptions { detach: false, tty: false, output_capacity: None };
+        let started = self.bounded("starting exec", docker.start_exec(&created.id, Some(start))).await?;
+        let StartExecResults::Attached { mut output, mut input } = started else {
+            return Err(RuntimeError::Engine("exec started detached".into()));
+        };
+        let stdin_task = spec.stdin.clone().map(|data| {
+            tokio::spawn(async move {
+                let _ = input.write_all(&data).await;
+                let _ = input.shutdown().await;
+            })
+        });
+
+        let mut capture = Capture::new(spec.max_output, live);
+        let deadline = tokio::time::Instant::now() + spec.timeout;
+        let (mut timed_out, mut cancelled) = (false, false);
+        loop {
+            tokio::select! {
+                item = output.next() => match item {
+                    Some(Ok(LogOutput::StdOut { message })) => capture.push(StreamKind::Stdout, message).await,
+                    Some(Ok(LogOutput::StdErr { message })) => capture.push(StreamKind::Stderr, message).await,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(%container, error = %e, "exec output stream failed");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => { timed_out = true; break; }
+                _ = cancel.cancelled() => { cancelled = true; break; }
+            }
+        }
+        if timed_out || cancelled {
+            self.kill_tree(&docker, &container, &marker, None).await;
+            // Keep what the command printed up to its death.
+            let drain = async {
+                while let Some(Ok(item)) = output.next().await {
+                    match item {
+                        LogOutput::StdOut { message } => capture.push(StreamKind::Stdout, message).await,
+                        LogOutput::StdErr { message } => capture.push(StreamKind::Stderr, message).await,
+                        _ => {}
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_AFTER_KILL, drain).await;
+        }
+        if let Some(t) = stdin_task {
+            t.abort();
+        }
+        let code = if timed_out || cancelled { -1 } else { self.exit_code(&docker, &created.id).await? };
+        Ok(capture.finish(code, timed_out, cancelled))
+    }
+}
+
+/// Splits `repo[:tag]` or `repo@digest` the way the pull API wants them.
+fn split_image(image: &str) -> (&str, &str) {
+    if let Some((repo, digest)) = image.split_once('@') {
+        return (repo, digest);
+    }
+    let after_slash = image.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match image[after_slash..].rfind(':') {
+        Some(i) => (&image[..after_slash + i], &image[after_slash + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+fn describe(e: &BollardError) -> String {
+    match e {
+        BollardError::DockerResponseServerError { message, .. } => message.clone(),
+        BollardError::DockerStreamError { error } => error.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_split() {
+        assert_eq!(split_image("node:20-slim"), ("node", "20-slim"));
+        assert_eq!(split_image("busybox"), ("busybox", "latest"));
+        assert_eq!(split_image("reg:5000/a/b"), ("reg:5000/a/b", "latest"));
+        assert_eq!(split_image("reg:5000/a/b:c"), ("reg:5000/a/b", "c"));
+        assert_eq!(split_image("a@sha256:ff"), ("a", "sha256:ff"));
+    }
+}

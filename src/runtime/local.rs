@@ -1,0 +1,231 @@
+//! The local runtime: plain processes in the project's workspace on the host.
+//!
+//! Used when no engine answers, when a request says `local: true`, or when routing sends
+//! a tool here. Each command runs in its own process group with a clean environment
+//! (`PATH`, `HOME` = the workspace, then the project's and the request's env); a timeout
+//! or cancel kills the whole group. A workdir must resolve inside the workspace. There are
+//! no containers here: lifecycle calls succeed without doing anything.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::{Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, LiveTx, Runtime, RuntimeError, RuntimeKind, StreamKind};
+use crate::model::{ProjectName, Workdir};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, Default)]
+pub struct LocalRuntime;
+
+impl LocalRuntime {
+    /// Maps a workdir to a host directory inside the workspace: `/workspace/...` means
+    /// the workspace (as in a container); any other path must already be inside it.
+    pub fn resolve_workdir(workspace: &Path, workdir: Option<&Workdir>) -> Result<PathBuf, RuntimeError> {
+        let root = workspace
+            .canonicalize()
+            .map_err(|e| RuntimeError::Io(format!("workspace {}: {e}", workspace.display())))?;
+        let Some(w) = workdir else { return Ok(root) };
+        let raw = w.as_str();
+        let candidate = match raw.strip_prefix("/workspace") {
+            Some("") => root.clone(),
+            Some(rest) if rest.starts_with('/') => root.join(rest.trim_start_matches('/')),
+            _ => PathBuf::from(raw),
+        };
+        let resolved = candidate
+            .canonicalize()
+            .map_err(|e| RuntimeError::InvalidWorkdir(format!("invalid workdir {raw:?}: {e}")))?;
+        if !resolved.starts_with(&root) {
+            return Err(RuntimeError::InvalidWorkdir(format!(
+                "invalid workdir {raw:?}: resolves to {} outside the workspace {}",
+                resolved.display(),
+                root.display()
+            )));
+        }
+        Ok(resolved)
+    }
+}
+
+#[async_trait]
+impl Runtime for LocalRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Local
+    }
+
+    async fn ping(&self) -> Result<String, RuntimeError> {
+        Ok(env!("CARGO_PKG_VERSION").to_string())
+    }
+
+    async fn ensure_running(&self, _spec: &ContainerSpec<'_>) -> Result<Option<ContainerInfo>, RuntimeError> {
+        Ok(None)
+    }
+
+    async fn stop(&self, _project: &ProjectName) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn remove(&self, _project: &ProjectName) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn inspect(&self, _project: &ProjectName) -> Result<Option<ContainerInfo>, RuntimeError> {
+        Ok(None)
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        Ok(Vec::new())
+    }
+
+    async fn logs(&self, project: &ProjectName, _tail: Option<u64>) -> Result<String, RuntimeError> {
+        Err(RuntimeError::Unavailable(format!(
+            "project {project} has no container log: no container engine is in use"
+        )))
+    }
+
+    async fn exec(
+        &self,
+        _project: &ProjectName,
+        workspace: &Path,
+        spec: ExecSpec,
+        live: Option<LiveTx>,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, RuntimeError> {
+        let dir = Self::resolve_workdir(workspace, spec.workdir.as_ref())?;
+        let (program, args) = spec.argv.split_first().ok_or_else(|| RuntimeError::Io("empty command".into()))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(&dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()))
+            .env("HOME", workspace)
+            .envs(spec.env.iter())
+            .process_group(0)
+            .stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| RuntimeError::Io(format!("cannot run {program:?} in {}: {e}", dir.display())))?;
+        let pgid = child.id().map(|p| p as i32);
+        if let (Some(data), Some(mut stdin)) = (spec.stdin.clone(), child.stdin.take()) {
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&data).await;
+                let _ = stdin.shutdown().await;
+            });
+        }
+        let mut out = child.stdout.take();
+        let mut err = child.stderr.take();
+        let mut capture = Capture::new(spec.max_output, live);
+        let deadline = tokio::time::Instant::now() + spec.timeout;
+        let (mut timed_out, mut cancelled) = (false, false);
+        while out.is_some() || err.is_some() {
+            tokio::select! {
+                chunk = read_some(&mut out) => match chunk {
+                    Some(b) => capture.push(StreamKind::Stdout, b).await,
+                    None => out = None,
+                },
+                chunk = read_some(&mut err) => match chunk {
+                    Some(b) => capture.push(StreamKind::Stderr, b).await,
+                    None => err = None,
+                },
+                _ = tokio::time::sleep_until(deadline) => { timed_out = true; break; }
+                _ = cancel.cancelled() => { cancelled = true; break; }
+            }
+        }
+        if timed_out || cancelled {
+            if let Some(pg) = pgid {
+                // SAFETY: kill(2) on our own child's process group; no memory involved.
+                unsafe { libc::kill(-pg, libc::SIGKILL) };
+            }
+        }
+        let status = child.wait().await.map_err(|e| RuntimeError::Io(format!("waiting for {program:?}: {e}")))?;
+        let code = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+            (Some(c), _) => c as i64,
+            (None, Some(sig)) => 128 + sig as i64,
+            (None, None) => -1,
+        };
+        Ok(capture.finish(code, timed_out, cancelled))
+    }
+}
+
+/// Reads the next chunk from a pipe; `None` at EOF. Pends forever on a closed slot so a
+/// finished stream drops out of the `select!`.
+async fn read_some<R: AsyncRead + Unpin>(pipe: &mut Option<R>) -> Option<Bytes> {
+    let Some(r) = pipe.as_mut() else {
+        return std::future::pending().await;
+    };
+    let mut buf = BytesMut::with_capacity(32 * 1024);
+    match r.read_buf(&mut buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(buf.freeze()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EnvMap;
+    use std::time::Duration;
+
+    fn spec(argv: &[&str]) -> ExecSpec {
+        ExecSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            workdir: None,
+            env: EnvMap::parse_pairs(["GREETING=hi"]).unwrap(),
+            timeout: Duration::from_secs(10),
+            stdin: None,
+            max_output: 1 << 20,
+        }
+    }
+
+    fn name() -> ProjectName {
+        ProjectName::parse("t").unwrap()
+    }
+
+    #[tokio::test]
+    async fn runs_in_workspace_with_env_and_separate_streams() {
+        let ws = tempfile::tempdir().unwrap();
+        let o = LocalRuntime
+            .exec(&name(), ws.path(), spec(&["sh", "-c", "pwd; echo $GREETING; echo oops >&2; exit 3"]), None, CancellationToken::new())
+            .await
+            .unwrap();
+        let root = ws.path().canonicalize().unwrap();
+        assert_eq!(String::from_utf8(o.stdout).unwrap(), format!("{}\nhi\n", root.display()));
+        assert_eq!(o.stderr, b"oops\n");
+        assert_eq!(o.exit_code, 3);
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_group() {
+        let ws = tempfile::tempdir().unwrap();
+        let mut s = spec(&["sh", "-c", "sleep 30 & sleep 30; echo never"]);
+        s.timeout = Duration::from_millis(300);
+        let start = std::time::Instant::now();
+        let o = LocalRuntime.exec(&name(), ws.path(), s, None, CancellationToken::new()).await.unwrap();
+        assert!(o.timed_out);
+        assert_eq!(o.exit_code, 124);
+        assert!(start.elapsed() < Duration::from_secs(10), "returned after {:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn workdir_must_stay_inside() {
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::create_dir(ws.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink("/etc", ws.path().join("link")).unwrap();
+        let root = ws.path().canonicalize().unwrap();
+        let ok = |w: &str| LocalRuntime::resolve_workdir(ws.path(), Some(&Workdir::parse(w).unwrap()));
+        assert_eq!(ok("/workspace").unwrap(), root);
+        assert_eq!(ok("/workspace/sub").unwrap(), root.join("sub"));
+        for bad in ["/etc", "/workspace/../", "/workspace/link", "/workspace/missing"] {
+            let e = ok(bad).unwrap_err();
+            assert!(matches!(e, RuntimeError::InvalidWorkdir(_)), "{bad}: {e}");
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+    }
+}

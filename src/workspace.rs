@@ -1,0 +1,184 @@
+//! Project workspaces on the host: `<state_dir>/projects/<name>` and `<state_dir>/archive/`.
+//!
+//! Every path this module builds is the state dir joined with a validated `ProjectName`,
+//! so it cannot leave the state dir by name. It also refuses to work through a symlink
+//! planted at `projects/`, `archive/` or a workspace: such a link is an error, never
+//! followed. It does not know about containers or the registry.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use time::OffsetDateTime;
+
+use crate::model::ProjectName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0} is a symlink or not a directory; refusing to use it")]
+    NotADir(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WorkspaceError + '_ {
+    move |source| WorkspaceError::Io { path: path.to_path_buf(), source }
+}
+
+#[derive(Debug, Clone)]
+pub struct Workspaces {
+    projects: PathBuf,
+    archive: PathBuf,
+}
+
+impl Workspaces {
+    /// Makes the state dir layout if missing and checks none of it is a symlink.
+    pub fn open(state_dir: &Path) -> Result<Workspaces, WorkspaceError> {
+        std::fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
+        let ws = Workspaces { projects: state_dir.join("projects"), archive: state_dir.join("archive") };
+        for dir in [&ws.projects, &ws.archive] {
+            ensure_real_dir(dir)?;
+        }
+        Ok(ws)
+    }
+
+    pub fn path(&self, name: &ProjectName) -> PathBuf {
+        self.projects.join(name.as_str())
+    }
+
+    pub fn archive_dir(&self) -> &Path {
+        &self.archive
+    }
+
+    /// Makes the workspace; returns whether it was made now (false: it already existed).
+    pub fn ensure(&self, name: &ProjectName) -> Result<bool, WorkspaceError> {
+        ensure_real_dir(&self.projects)?;
+        let path = self.path(name);
+        match std::fs::create_dir(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                check_real_dir(&path)?;
+                Ok(false)
+            }
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    pub fn exists(&self, name: &ProjectName) -> bool {
+        std::fs::symlink_metadata(self.path(name)).is_ok()
+    }
+
+    /// Moves the workspace to `archive/<name>-<UTC timestamp>[-N]`, never overwriting an
+    /// earlier archive. `None` when there was no workspace to move.
+    pub fn archive(&self, name: &ProjectName, now: OffsetDateTime) -> Result<Option<PathBuf>, WorkspaceError> {
+        let src = self.path(name);
+        if std::fs::symlink_metadata(&src).is_err() {
+            return Ok(None);
+        }
+        check_real_dir(&src)?;
+        ensure_real_dir(&self.archive)?;
+        let utc = now.to_offset(time::UtcOffset::UTC);
+        let stamp = format!(
+            "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+            utc.year(),
+            utc.month() as u8,
+            utc.day(),
+            utc.hour(),
+            utc.minute(),
+            utc.second()
+        );
+        for n in 0..1000 {
+            let base = if n == 0 { format!("{name}-{stamp}") } else { format!("{name}-{stamp}-{n}") };
+            let dst = self.archive.join(base);
+            // Claim the target name first so that a concurrent archive cannot take it,
+            // then rename over the empty directory we just made (rename(2) replaces an
+            // empty directory atomically).
+            match std::fs::create_dir(&dst) {
+                Ok(()) => {
+                    std::fs::rename(&src, &dst).map_err(|e| {
+                        let _ = std::fs::remove_dir(&dst);
+                        io_err(&src)(e)
+                    })?;
+                    return Ok(Some(dst));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err(&dst)(e)),
+            }
+        }
+        Err(WorkspaceError::Io {
+            path: self.archive.clone(),
+            source: io::Error::other("no free archive name"),
+        })
+    }
+
+    /// Deletes the workspace and everything in it. Symlinks inside are removed, not
+    /// followed (std's `remove_dir_all` does not follow them).
+    pub fn purge(&self, name: &ProjectName) -> Result<(), WorkspaceError> {
+        let path = self.path(name);
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Ok(());
+        }
+        check_real_dir(&path)?;
+        std::fs::remove_dir_all(&path).map_err(io_err(&path))
+    }
+}
+
+fn ensure_real_dir(dir: &Path) -> Result<(), WorkspaceError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_real_dir(dir),
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
+fn check_real_dir(dir: &Path) -> Result<(), WorkspaceError> {
+    let meta = std::fs::symlink_metadata(dir).map_err(io_err(dir))?;
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        return Err(WorkspaceError::NotADir(dir.to_path_buf()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> ProjectName {
+        ProjectName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn ensure_archive_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspaces::open(dir.path()).unwrap();
+        let n = name("p1");
+        assert!(ws.ensure(&n).unwrap());
+        assert!(!ws.ensure(&n).unwrap());
+        std::fs::write(ws.path(&n).join("f"), "x").unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let a1 = ws.archive(&n, now).unwrap().unwrap();
+        assert!(a1.ends_with("p1-20231114T221320Z"), "{}", a1.display());
+        assert_eq!(std::fs::read_to_string(a1.join("f")).unwrap(), "x");
+        // A second archive in the same second gets its own name.
+        ws.ensure(&n).unwrap();
+        let a2 = ws.archive(&n, now).unwrap().unwrap();
+        assert_ne!(a1, a2);
+        assert!(ws.archive(&n, now).unwrap().is_none());
+        ws.ensure(&n).unwrap();
+        ws.purge(&n).unwrap();
+        assert!(!ws.exists(&n));
+    }
+
+    #[test]
+    fn planted_symlinks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), "x").unwrap();
+        let ws = Workspaces::open(dir.path()).unwrap();
+        let n = name("evil");
+        std::os::unix::fs::symlink(outside.path(), ws.path(&n)).unwrap();
+        assert!(matches!(ws.ensure(&n), Err(WorkspaceError::NotADir(_))));
+        assert!(matches!(ws.purge(&n), Err(WorkspaceError::NotADir(_))));
+        assert!(matches!(ws.archive(&n, OffsetDateTime::now_utc()), Err(WorkspaceError::NotADir(_))));
+        assert!(outside.path().join("keep").exists());
+    }
+}
