@@ -119,6 +119,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let state_dir = config::resolve_state_dir(args.state_dir.as_deref(), config.state_dir.as_deref());
     let socket = config::resolve_socket(args.socket.as_deref(), config.socket.as_deref());
     let _lock = lock_state_dir(&state_dir)?;
+    // Bind mounts need an absolute path, and ownership checks compare paths exactly.
+    let state_dir = state_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve state dir {}", state_dir.display()))?;
     let gate = Gate::from_config(&config.server)?;
     let mode = config.socket_mode()?;
     let activated = activated_listener()?;
@@ -128,7 +132,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let workspaces = Workspaces::open(&state_dir)?;
-    let docker = DockerRuntime::new(DockerSettings::from_config(&config));
+    let docker = DockerRuntime::new(DockerSettings::from_config(&config, &state_dir));
     let runtimes = Runtimes::new(docker, Arc::new(LocalRuntime));
     runtimes.refresh().await;
     let debug_hooks = std::env::var("BERTH_DEBUG_HOOKS").is_ok_and(|v| v == "1");

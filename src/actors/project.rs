@@ -66,8 +66,9 @@ pub enum ProjectMsg {
     ArchiveIfStale { cutoff: OffsetDateTime, reply: RpcReplyPort<Result<bool, Error>> },
     /// Stops (not removes) the container if idle since `cutoff` and no exec runs.
     StopIfIdle { cutoff: OffsetDateTime, reply: RpcReplyPort<Result<bool, Error>> },
-    /// Debug hook: panic inside the handler, to exercise supervision.
-    Panic,
+    /// Debug hook: panic inside the handler, to exercise supervision. The reply port is
+    /// dropped by the panic, which is how the caller learns it happened.
+    Panic(RpcReplyPort<()>),
 }
 
 /// The running execs of one project: counted (a project with an exec running is never
@@ -413,7 +414,7 @@ impl Actor for ProjectActor {
                 let res = if idle { st.stop().await.map(|_| true) } else { Ok(false) };
                 let _ = reply.send(res);
             }
-            ProjectMsg::Panic => panic!("injected panic in the actor of project {}", st.name),
+            ProjectMsg::Panic(_reply) => panic!("injected panic in the actor of project {}", st.name),
         }
         Ok(())
     }

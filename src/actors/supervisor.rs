@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorStatus, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::janitor::{JanitorActor, JanitorArgs, JanitorMsg};
 use super::project::{ProjectActor, ProjectArgs, ProjectMsg};
@@ -62,7 +62,13 @@ pub fn backoff(n: u32) -> Duration {
 impl SupervisorState {
     async fn spawn_project(&mut self, me: &ActorRef<SupervisorMsg>, name: &ProjectName) -> Result<ActorRef<ProjectMsg>, Error> {
         if let Some(a) = self.projects.get(name) {
-            return Ok(a.clone());
+            // A failed actor stays in the map until its supervision event arrives; never
+            // hand it out in that window.
+            if matches!(a.get_status(), ActorStatus::Starting | ActorStatus::Running) {
+                return Ok(a.clone());
+            }
+            self.names.remove(&a.get_id());
+            self.projects.remove(name);
         }
         let args = ProjectArgs { name: name.clone(), ctx: self.ctx.clone() };
         let (actor, _) = Actor::spawn_linked(None, ProjectActor, args, me.get_cell())
@@ -167,7 +173,11 @@ impl Actor for Supervisor {
             tracing::error!(reason = ?failure, "janitor exited; restarting it");
             me.send_after(Duration::from_secs(1), || SupervisorMsg::RespawnJanitor);
         } else if let Some(name) = st.names.remove(&id) {
-            st.projects.remove(&name);
+            // Only forget the map entry if it is still this actor (a request may already
+            // have replaced it).
+            if st.projects.get(&name).is_some_and(|a| a.get_id() == id) {
+                st.projects.remove(&name);
+            }
             if let Some(reason) = failure {
                 let n = st.record_failure(&name);
                 let delay = backoff(n);

@@ -91,13 +91,7 @@ impl Service {
                     ask(&j, "the janitor", ctx.lifecycle_timeout(), |r| JanitorMsg::ArchiveStale(Some(r))).await??;
                 Ok(json!({"archived": archived}))
             }
-            Request::DebugPanic(name) => {
-                let actor = self.project(&name).await?;
-                actor
-                    .cast(ProjectMsg::Panic)
-                    .map_err(|e| Error::internal(format!("project {name}: {e}")))?;
-                Ok(json!({}))
-            }
+            Request::DebugPanic(name) => self.debug_panic(&name).await,
         }
     }
 
@@ -123,6 +117,23 @@ impl Service {
         ask(&self.supervisor, "the supervisor", self.ctx.short_timeout(), SupervisorMsg::Janitor)
             .await?
             .ok_or_else(|| Error::new(ErrorKind::Busy, "the janitor is restarting; retry"))
+    }
+
+    /// Panics the project's actor and returns once the supervisor serves a fresh one, so
+    /// that tests can rely on the restart having happened.
+    async fn debug_panic(&self, name: &ProjectName) -> Result<Value, Error> {
+        let old = self.project(name).await?;
+        let _ = ask(&old, "project actor", self.ctx.short_timeout(), ProjectMsg::Panic).await;
+        let deadline = Instant::now() + self.ctx.short_timeout();
+        loop {
+            if self.project(name).await?.get_id() != old.get_id() {
+                return Ok(json!({"restarted": true}));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::internal(format!("the actor of project {name} was not restarted")));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     async fn info(&self) -> Result<Value, Error> {

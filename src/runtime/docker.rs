@@ -4,7 +4,8 @@
 //! carry the project and managed-by labels, join the labelled bridge network, mount the
 //! workspace at `/workspace`, run an init as PID 1 and are kept alive by a shell loop that
 //! works in any image with `/bin/sh` (a bare busybox one included). It never touches a
-//! container without the managed-by label.
+//! container without the managed-by label, nor one whose `/workspace` is not bound from
+//! this daemon's state dir (another berth instance's).
 //!
 //! Docker has no API to kill an exec, so every exec carries a random marker in its
 //! environment (`BERTH_EXEC_ID`); at a timeout or cancel a second exec kills every
@@ -12,7 +13,7 @@
 //! command started, whatever process groups it made.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,17 +43,22 @@ use crate::model::ProjectName;
 /// so that stops are quick instead of waiting out the stop timeout.
 const KEEPALIVE: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 
-/// Kills every process whose environment carries `BERTH_EXEC_ID=$1`, repeating while it
-/// still finds some (a dying tree may fork once more).
+/// Kills every process whose environment carries `BERTH_EXEC_ID=$1`: each is stopped as
+/// soon as it is found and all are killed after the scan, repeating while any remain.
 const KILL_TREE: &str = r#"m="BERTH_EXEC_ID=$1"; n=0
 while [ $n -lt 50 ]; do
-  found=
+  pids=
   for d in /proc/[0-9]*; do
     p=${d#/proc/}
     [ "$p" = "$$" ] && continue
-    if grep -qsF "$m" "$d/environ" 2>/dev/null; then kill -9 "$p" 2>/dev/null && found=1; fi
+    # environ is NUL-separated; busybox grep stops at a NUL, so split it first.
+    if tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -qxF "$m"; then
+      # Freeze at once so nothing in the tree runs on while the scan goes on.
+      kill -STOP "$p" 2>/dev/null && pids="$pids $p"
+    fi
   done
-  [ -z "$found" ] && exit 0
+  [ -z "$pids" ] && exit 0
+  kill -KILL $pids 2>/dev/null
   n=$((n+1))
 done
 exit 1"#;
@@ -72,10 +78,14 @@ pub struct DockerSettings {
     pub memory: u64,
     pub pids_limit: i64,
     pub cpus: f64,
+    /// `<state_dir>/projects`: a labelled container is this daemon's only if its
+    /// `/workspace` is bound from here, so daemons with other state dirs sharing the
+    /// engine never touch each other's containers.
+    pub projects_dir: PathBuf,
 }
 
 impl DockerSettings {
-    pub fn from_config(c: &Config) -> Self {
+    pub fn from_config(c: &Config, state_dir: &Path) -> Self {
         Self {
             host: c.docker_host(),
             network: c.docker.network.clone(),
@@ -87,6 +97,7 @@ impl DockerSettings {
             memory: c.container.memory.0,
             pids_limit: c.container.pids_limit,
             cpus: c.container.cpus,
+            projects_dir: state_dir.join("projects"),
         }
     }
 }
@@ -164,6 +175,18 @@ impl DockerRuntime {
                 )))
             }
         }
+    }
+
+    /// Whether a listed container's `/workspace` is bound from this daemon's state dir
+    /// for the project its label names.
+    fn owns(&self, c: &bollard::models::ContainerSummary) -> bool {
+        let Some(project) = c.labels.as_ref().and_then(|l| l.get(&self.settings.label_project)) else {
+            return false;
+        };
+        let ours = self.settings.projects_dir.join(project);
+        c.mounts.iter().flatten().any(|m| {
+            m.destination.as_deref() == Some("/workspace") && m.source.as_deref().map(Path::new) == Some(ours.as_path())
+        })
     }
 
     fn is_not_found(e: &BollardError) -> bool {
@@ -293,6 +316,19 @@ impl DockerRuntime {
                     // Someone else's container holds our name: never touch it.
                     return Err(RuntimeError::Engine(format!(
                         "container {name} exists but is not managed by berth; remove or rename it"
+                    )));
+                }
+                let source = c
+                    .mounts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|m| m.destination.as_deref() == Some("/workspace"))
+                    .and_then(|m| m.source);
+                let ours = self.settings.projects_dir.join(project.as_str());
+                if source.as_deref().map(Path::new) != Some(ours.as_path()) {
+                    return Err(RuntimeError::Engine(format!(
+                        "container {name} belongs to another berth instance (workspace {}); not touching it",
+                        source.unwrap_or_else(|| "none".into())
                     )));
                 }
                 Ok(Some(ContainerInfo {
@@ -451,6 +487,7 @@ impl Runtime for DockerRuntime {
         let list = self.bounded("listing containers", docker.list_containers(Some(opts))).await?;
         Ok(list
             .into_iter()
+            .filter(|c| self.owns(c))
             .map(|c| {
                 let labels = c.labels.unwrap_or_default();
                 ContainerInfo {

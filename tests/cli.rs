@@ -1,0 +1,281 @@
+//! End to end through the `berth` CLI against a real `berthd` and a real Docker engine.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::Value;
+
+fn json_of(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn create_ls_get_status_labels_network_and_path() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("web");
+    let p = json_of(&d.berth_ok(&[
+        "create", &name, "--image", IMAGE, "--description", "demo", "--env", "A=1", "--port", "18931:80", "--json",
+    ]));
+    assert_eq!(p["name"], name.as_str());
+    assert_eq!(p["status"], "running");
+    assert_eq!(p["image"], IMAGE);
+    assert_eq!(p["description"], "demo");
+    assert_eq!(p["env"]["A"], "1");
+    assert_eq!(p["ports"]["80/tcp"], "18931");
+    let path = PathBuf::from(p["path"].as_str().unwrap());
+    assert_eq!(path, d.state.join("projects").join(&name));
+    assert!(path.is_dir(), "workspace made");
+
+    // What the engine says.
+    let container = format!("berth-{name}");
+    assert_eq!(docker_inspect(&container, "{{index .Config.Labels \"vega.project\"}}").unwrap(), name);
+    assert_eq!(docker_inspect(&container, "{{index .Config.Labels \"vega.managed-by\"}}").unwrap(), "berth");
+    assert_eq!(docker_inspect(&container, "{{.HostConfig.NetworkMode}}").unwrap(), "vega-network");
+    assert_eq!(docker_inspect(&container, "{{.HostConfig.Init}}").unwrap(), "true");
+    assert_eq!(docker_inspect(&container, "{{.State.Running}}").unwrap(), "true");
+    assert_eq!(
+        docker_inspect(&container, "{{(index (index .HostConfig.PortBindings \"80/tcp\") 0).HostPort}}").unwrap(),
+        "18931"
+    );
+    let mount = docker_inspect(&container, "{{range .Mounts}}{{.Source}}->{{.Destination}} {{.RW}}{{end}}").unwrap();
+    assert_eq!(mount, format!("{}->/workspace true", path.display()));
+    let net_label = docker_inspect("vega-network", "{{index .Labels \"vega.managed-by\"}}").unwrap();
+    assert_eq!(net_label, "berth");
+
+    // ls and get.
+    let ls = d.berth_ok(&["ls"]);
+    let header = ls.lines().next().unwrap();
+    for col in ["NAME", "STATUS", "IMAGE", "CREATED", "LAST-USED"] {
+        assert!(header.contains(col), "{header}");
+    }
+    let row = ls.lines().find(|l| l.starts_with(&name)).expect("project in ls");
+    assert!(row.contains("running") && row.contains(IMAGE), "{row}");
+    let ls_json = json_of(&d.berth_ok(&["ls", "--json"]));
+    assert_eq!(ls_json.as_array().unwrap().len(), 1);
+    let got = json_of(&d.berth_ok(&["get", &name, "--json"]));
+    assert_eq!(got["created"], p["created"]);
+
+    // Live status agrees with the engine.
+    let st = json_of(&d.berth_ok(&["status", &name, "--json"]));
+    assert_eq!(st["running"], true);
+    assert_eq!(st["container_id"], docker_inspect(&container, "{{.Id}}").unwrap().as_str());
+    assert_eq!(st["image"], IMAGE);
+
+    // path prints the bare path.
+    assert_eq!(d.berth_ok(&["path", &name]), format!("{}\n", path.display()));
+
+    // A second create of the name is refused, naming it.
+    let again = d.berth(&["create", &name, "--image", IMAGE]);
+    assert_eq!(again.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&again.stderr);
+    assert!(msg.starts_with("berth: ") && msg.contains(&name) && msg.contains("already exists"), "{msg}");
+}
+
+#[test]
+fn exec_passes_exit_code_streams_env_workdir_and_mount() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("ex");
+    d.berth_ok(&["create", &name, "--env", "A=project", "--env", "B=project"]);
+
+    let o = d.berth(&[
+        "exec", "--env", "B=exec", &name, "--", "sh", "-c", "echo out; echo err >&2; echo A=$A B=$B; pwd; exit 7",
+    ]);
+    assert_eq!(o.status.code(), Some(7), "exit code passes through");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\nA=project B=exec\n/workspace\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+
+    let o = d.berth(&["exec", "--workdir", "/tmp", &name, "--", "pwd"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "/tmp\n");
+    assert_eq!(o.status.code(), Some(0));
+
+    // A file written in the container appears in the host workspace.
+    d.berth_ok(&["exec", &name, "--", "sh", "-c", "echo from-container > made.txt"]);
+    let host = d.state.join("projects").join(&name).join("made.txt");
+    assert_eq!(std::fs::read_to_string(host).unwrap(), "from-container\n");
+
+    // --json prints the ExecResult.
+    let r = json_of(&d.berth_ok(&["exec", "--json", &name, "--", "true"]));
+    assert_eq!(r["exit_code"], 0);
+    assert_eq!(r["runtime"], "docker");
+    assert_eq!(r["timed_out"], false);
+
+    // A missing program: non-zero, and berth says so through the command's stderr/exit.
+    let o = d.berth(&["exec", &name, "--", "/no/such/program"]);
+    assert_ne!(o.status.code(), Some(0));
+}
+
+#[test]
+fn exec_timeout_exits_124_and_kills_the_tree() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("to");
+    d.berth_ok(&["create", &name]);
+    let o = d.berth(&[
+        "exec", "--timeout", "1s", &name, "--", "sh", "-c", "echo started; sleep 300 & sleep 301; echo never",
+    ]);
+    assert_eq!(o.status.code(), Some(124));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "started\n", "output so far is kept, nothing after the kill");
+    let ps = d.berth_ok(&["exec", &name, "--", "ps"]);
+    assert!(!ps.contains("sleep 30"), "the command's processes are gone:\n{ps}");
+}
+
+#[test]
+fn stop_start_and_exec_restarts_or_recreates_with_the_project_image() {
+    if !docker_available() {
+        return;
+    }
+    // The default image is deliberately one that does not exist: re-creation must use the
+    // project's own image, never the default.
+    let d = Daemon::start("[docker]\ndefault_image = \"berth-test/does-not-exist:1\"\n");
+    let name = d.name("re");
+    let container = format!("berth-{name}");
+    d.berth_ok(&["create", &name, "--image", IMAGE]);
+
+    d.berth_ok(&["stop", &name]);
+    assert_eq!(docker_inspect(&container, "{{.State.Running}}").unwrap(), "false");
+    assert_eq!(json_of(&d.berth_ok(&["get", &name, "--json"]))["status"], "stopped");
+    d.berth_ok(&["start", &name]);
+    assert_eq!(docker_inspect(&container, "{{.State.Running}}").unwrap(), "true");
+
+    // Stopped through berth: exec starts it first.
+    d.berth_ok(&["stop", &name]);
+    assert_eq!(d.berth_ok(&["exec", &name, "--", "echo", "hi"]), "hi\n");
+    assert_eq!(docker_inspect(&container, "{{.State.Running}}").unwrap(), "true");
+
+    // Stopped behind berth's back: exec still works.
+    docker(&["stop", "-t", "1", &container]);
+    assert_eq!(d.berth_ok(&["exec", &name, "--", "echo", "again"]), "again\n");
+
+    // Removed behind berth's back: exec re-creates it with the project's image.
+    let old_id = docker_inspect(&container, "{{.Id}}").unwrap();
+    docker(&["rm", "-f", &container]);
+    assert_eq!(d.berth_ok(&["exec", &name, "--", "echo", "back"]), "back\n");
+    assert_ne!(docker_inspect(&container, "{{.Id}}").unwrap(), old_id);
+    assert_eq!(docker_inspect(&container, "{{.Config.Image}}").unwrap(), IMAGE);
+}
+
+#[test]
+fn exec_auto_creates_unknown_projects_with_the_default_image() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("auto");
+    assert_eq!(d.berth_ok(&["exec", &name, "--", "echo", "made"]), "made\n");
+    let p = json_of(&d.berth_ok(&["get", &name, "--json"]));
+    assert_eq!(p["image"], IMAGE, "auto-create uses the configured default image");
+    assert_eq!(p["status"], "running");
+    assert_eq!(docker_inspect(&format!("berth-{name}"), "{{.Config.Image}}").unwrap(), IMAGE);
+}
+
+#[test]
+fn exec_without_auto_create_is_not_found() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("[exec]\nauto_create = false\n");
+    let name = d.name("none");
+    let o = d.berth(&["exec", &name, "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(msg.contains(&name) && msg.contains("not found"), "{msg}");
+    assert!(docker_inspect(&format!("berth-{name}"), "{{.Id}}").is_none(), "nothing created");
+}
+
+#[test]
+fn rm_archives_the_workspace_and_purge_deletes_it() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let keep = d.name("keep");
+    let gone = d.name("gone");
+    for n in [&keep, &gone] {
+        d.berth_ok(&["create", n]);
+        d.berth_ok(&["exec", n, "--", "sh", "-c", "echo data > file"]);
+    }
+    d.berth_ok(&["rm", &keep]);
+    assert!(docker_inspect(&format!("berth-{keep}"), "{{.Id}}").is_none(), "container removed");
+    assert!(!d.state.join("projects").join(&keep).exists());
+    let archived: Vec<_> = std::fs::read_dir(d.state.join("archive"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{keep}-")))
+        .collect();
+    assert_eq!(archived.len(), 1, "one archive for {keep}");
+    assert_eq!(std::fs::read_to_string(archived[0].join("file")).unwrap(), "data\n");
+    let o = d.berth(&["get", &keep]);
+    assert_eq!(o.status.code(), Some(1), "row removed");
+
+    d.berth_ok(&["rm", "--purge", &gone]);
+    assert!(docker_inspect(&format!("berth-{gone}"), "{{.Id}}").is_none());
+    assert!(!d.state.join("projects").join(&gone).exists());
+    let any = std::fs::read_dir(d.state.join("archive"))
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(&gone));
+    assert!(!any, "purge archives nothing");
+    assert_eq!(d.berth_ok(&["ls", "--json"]).trim(), "[]");
+}
+
+#[test]
+fn logs_show_the_container_log() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("logs");
+    d.berth_ok(&["create", &name]);
+    // PID 1's stdout is the container log.
+    d.berth_ok(&["exec", &name, "--", "sh", "-c", "echo line-one > /proc/1/fd/1; echo line-two > /proc/1/fd/1"]);
+    let all = d.berth_ok(&["logs", &name]);
+    assert!(all.contains("line-one") && all.contains("line-two"), "{all}");
+    let tail = d.berth_ok(&["logs", &name, "--tail", "1"]);
+    assert_eq!(tail, "line-two\n");
+}
+
+#[test]
+fn sigterm_exits_zero_removes_the_socket_and_leaves_containers_running() {
+    if !docker_available() {
+        return;
+    }
+    let mut d = Daemon::start("");
+    let name = d.name("survive");
+    d.berth_ok(&["create", &name]);
+    assert_eq!(d.terminate(), 0, "clean exit on SIGTERM; log:\n{}", d.log_text());
+    assert!(!d.socket.exists(), "socket file removed");
+    assert_eq!(docker_inspect(&format!("berth-{name}"), "{{.State.Running}}").unwrap(), "true");
+    // A new daemon finds the project as it was.
+    d.spawn();
+    let p = json_of(&d.berth_ok(&["get", &name, "--json"]));
+    assert_eq!(p["status"], "running");
+    assert_eq!(d.berth_ok(&["exec", &name, "--", "echo", "still"]), "still\n");
+}
+
+#[test]
+fn usage_errors_exit_2_and_daemon_errors_exit_1() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    assert_eq!(d.berth(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(d.berth(&["exec", "x"]).status.code(), Some(2), "exec without a command");
+    let o = d.berth(&["get", "../etc"]);
+    assert_eq!(o.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(msg.starts_with("berth: ") && msg.contains("\"../etc\""), "{msg}");
+    let info = json_of(&d.berth_ok(&["info", "--json"]));
+    assert_eq!(info["runtime"], "docker");
+    assert_eq!(info["docker"]["available"], true);
+    assert!(info["docker"]["version"].as_str().is_some_and(|v| !v.is_empty()));
+    assert_eq!(info["projects"], 0);
+}

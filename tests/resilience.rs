@@ -1,0 +1,151 @@
+//! Supervision, degraded mode and the janitor, against the real binaries.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn a_panicking_project_actor_is_restarted_and_others_do_not_notice() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let a = d.name("crashy");
+    let b = d.name("calm");
+    d.ok("project.create", json!({"name": a}));
+    d.ok("project.create", json!({"name": b}));
+
+    // A long exec in b runs across a's crash.
+    let mut long = d.client();
+    long.send_line(
+        &json!({"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name": b, "command":["sh","-c","sleep 1; echo done"]}})
+            .to_string(),
+    );
+    assert_eq!(d.ok("debug.panic", json!({"name": a}))["restarted"], true);
+    // The supervisor restarts the actor; it rebuilds from the registry and the engine.
+    let r = d.ok("project.exec", json!({"name": a, "command": ["echo", "alive"]}));
+    assert_eq!(r["stdout"], "alive\n");
+    assert_eq!(d.ok("project.get", json!({"name": a}))["status"], "running");
+    assert_eq!(d.ok("project.stop", json!({"name": a}))["status"], "stopped");
+    let done = long.read_msg();
+    assert_eq!(done["result"]["stdout"], "done\n", "other project's exec unaffected: {done}");
+    assert!(d.log_text().contains("project actor failed; restarting it"));
+}
+
+#[test]
+fn without_an_engine_projects_are_created_and_exec_runs_locally() {
+    // Needs no engine at all: points berthd at a socket that does not exist.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-docker.sock");
+    let d = Daemon::start(&format!("[docker]\nhost = \"unix://{}\"\n", missing.display()));
+    let info = d.ok("daemon.info", json!({}));
+    assert_eq!(info["runtime"], "local");
+    assert_eq!(info["docker"]["available"], false);
+    assert!(info["docker"].get("version").is_none());
+
+    let name = d.name("offline");
+    let p = d.ok("project.create", json!({"name": name}));
+    assert_eq!(p["status"], "created");
+    let ws = d.state.join("projects").join(&name);
+    assert!(ws.is_dir());
+
+    let r = d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", "pwd; echo local > f.txt; echo e >&2; exit 4"]}));
+    assert_eq!(r["runtime"], "local");
+    assert_eq!(r["exit_code"], 4);
+    assert_eq!(r["stdout"].as_str().unwrap().trim(), ws.canonicalize().unwrap().to_str().unwrap());
+    assert_eq!(r["stderr"], "e\n");
+    assert_eq!(std::fs::read_to_string(ws.join("f.txt")).unwrap(), "local\n");
+
+    // A workdir outside the workspace is refused.
+    let e = d.rpc("project.exec", json!({"name": name, "command": ["pwd"], "workdir": "/etc"}));
+    assert_eq!(e["error"]["data"]["kind"], "invalid_params");
+    assert!(e["error"]["message"].as_str().unwrap().contains("\"/etc\""));
+
+    // The CLI says the same.
+    let o = d.berth(&["exec", &name, "--", "sh", "-c", "echo via-cli"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "via-cli\n");
+    assert!(d.berth_ok(&["info"]).contains("local"));
+    let st = d.ok("project.status", json!({"name": name}));
+    assert_eq!(st["running"], false);
+    assert!(st["container_id"].is_null());
+    assert_eq!(d.err_kind("project.start", json!({"name": name})), "runtime_unavailable");
+}
+
+#[test]
+fn reconcile_reports_what_changed_behind_berths_back() {
+    if !docker_available() {
+        return;
+    }
+    // A long interval: only the explicit reconcile below runs.
+    let d = Daemon::start("[janitor]\nreconcile_interval = \"1h\"\n");
+    let stopped = d.name("stopped");
+    let removed = d.name("removed");
+    d.ok("project.create", json!({"name": stopped}));
+    d.ok("project.create", json!({"name": removed}));
+    docker(&["stop", "-t", "1", &format!("berth-{stopped}")]);
+    docker(&["rm", "-f", &format!("berth-{removed}")]);
+
+    let out = d.berth_ok(&["reconcile"]);
+    assert!(out.contains(&format!("{stopped}: running -> stopped")), "{out}");
+    assert!(out.contains(&format!("{removed}: running -> stopped")), "{out}");
+    assert_eq!(d.ok("project.get", json!({"name": stopped}))["status"], "stopped");
+    assert_eq!(d.ok("janitor.reconcile", json!({}))["changed"], json!([]), "converged");
+
+    // The engine wins on running/stopped: started behind berth's back.
+    docker(&["start", &format!("berth-{stopped}")]);
+    let changed = d.ok("janitor.reconcile", json!({}))["changed"].clone();
+    assert_eq!(changed[0]["name"], stopped.as_str());
+    assert_eq!(changed[0]["to"], "running");
+}
+
+#[test]
+fn the_janitor_reconciles_on_its_own_schedule() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("[janitor]\nreconcile_interval = \"1s\"\n");
+    let name = d.name("sched");
+    d.ok("project.create", json!({"name": name}));
+    docker(&["stop", "-t", "1", &format!("berth-{name}")]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.ok("project.get", json!({"name": name}))["status"] != "stopped" {
+        assert!(Instant::now() < deadline, "janitor never reconciled; log:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn stale_projects_are_archived_by_last_use() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("[janitor]\nstale_after = \"2s\"\narchive_interval = \"1h\"\n");
+    let name = d.name("stale");
+    d.ok("project.create", json!({"name": name}));
+    d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", "echo keep > f"]}));
+    // Just used: not stale.
+    assert_eq!(d.ok("janitor.archive_stale", json!({}))["archived"], json!([]));
+    // Reads are not activity; once 2 s pass without activity the project is archived.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        d.ok("project.get", json!({"name": name}));
+        let archived = d.ok("janitor.archive_stale", json!({}))["archived"].clone();
+        if archived == json!([name]) {
+            break;
+        }
+        assert_eq!(archived, json!([]));
+        assert!(Instant::now() < deadline, "never archived");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(d.err_kind("project.get", json!({"name": name})), "not_found");
+    assert!(docker_inspect(&format!("berth-{name}"), "{{.Id}}").is_none(), "container removed");
+    let entry = std::fs::read_dir(d.state.join("archive"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{name}-")))
+        .expect("archived workspace");
+    assert_eq!(std::fs::read_to_string(entry.join("f")).unwrap(), "keep\n");
+}
