@@ -185,8 +185,7 @@ impl Config {
             None if Path::new(DEFAULT_CONFIG_PATH).exists() => PathBuf::from(DEFAULT_CONFIG_PATH),
             None => return Ok(Config::default()),
         };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
         Self::parse(&text).map_err(|message| ConfigError::Parse { path, message })
     }
 
@@ -221,15 +220,9 @@ impl Config {
     }
 
     pub fn socket_mode(&self) -> Result<u32, ConfigError> {
-        u32::from_str_radix(&self.server.socket_mode, 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .ok_or_else(|| {
-                ConfigError::Invalid(format!(
-                    "server.socket_mode {:?} is not an octal mode",
-                    self.server.socket_mode
-                ))
-            })
+        u32::from_str_radix(&self.server.socket_mode, 8).ok().filter(|m| *m <= 0o777).ok_or_else(|| {
+            ConfigError::Invalid(format!("server.socket_mode {:?} is not an octal mode", self.server.socket_mode))
+        })
     }
 
     /// The engine address: config, else `$DOCKER_HOST`, else the local socket.

@@ -120,9 +120,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let socket = config::resolve_socket(args.socket.as_deref(), config.socket.as_deref());
     let _lock = lock_state_dir(&state_dir)?;
     // Bind mounts need an absolute path, and ownership checks compare paths exactly.
-    let state_dir = state_dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve state dir {}", state_dir.display()))?;
+    let state_dir =
+        state_dir.canonicalize().with_context(|| format!("cannot resolve state dir {}", state_dir.display()))?;
     let gate = Gate::from_config(&config.server)?;
     let mode = config.socket_mode()?;
     let activated = activated_listener()?;
@@ -136,7 +135,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let runtimes = Runtimes::new(docker, Arc::new(LocalRuntime));
     runtimes.refresh().await;
     let debug_hooks = std::env::var("BERTH_DEBUG_HOOKS").is_ok_and(|v| v == "1");
-    let ctx = Arc::new(Ctx { config: config.clone(), workspaces, runtimes, registry: RegistryHandle::default(), debug_hooks });
+    let ctx = Arc::new(Ctx {
+        config: config.clone(),
+        workspaces,
+        runtimes,
+        registry: RegistryHandle::default(),
+        debug_hooks,
+    });
 
     let (supervisor, supervisor_task) =
         Actor::spawn(None, Supervisor, SupervisorArgs { ctx: ctx.clone(), state_dir: state_dir.clone() })

@@ -113,9 +113,7 @@ impl From<RuntimeError> for Error {
             RuntimeError::Unavailable(_) => ErrorKind::RuntimeUnavailable,
             RuntimeError::Timeout(_) => ErrorKind::Timeout,
             RuntimeError::InvalidWorkdir(_) => ErrorKind::InvalidParams,
-            RuntimeError::Engine(_) | RuntimeError::Image { .. } | RuntimeError::Io(_) => {
-                ErrorKind::RuntimeError
-            }
+            RuntimeError::Engine(_) | RuntimeError::Image { .. } | RuntimeError::Io(_) => ErrorKind::RuntimeError,
         };
         Error::new(kind, e.to_string())
     }

@@ -32,9 +32,8 @@ impl ProjectName {
     pub fn parse(s: &str) -> Result<Self, ModelError> {
         let b = s.as_bytes();
         let first_ok = matches!(b.first(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit());
-        let rest_ok = b.iter().skip(1).all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
-        });
+        let rest_ok =
+            b.iter().skip(1).all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'));
         if !first_ok || !rest_ok || b.len() > 63 || s == "." || s == ".." {
             return Err(ModelError::Name(s.to_string()));
         }
@@ -66,9 +65,7 @@ impl EnvMap {
     pub fn parse(map: BTreeMap<String, String>) -> Result<Self, ModelError> {
         for (k, v) in &map {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(ModelError::Param(format!(
-                    "invalid env key {k:?}: must be non-empty without '=' or NUL"
-                )));
+                return Err(ModelError::Param(format!("invalid env key {k:?}: must be non-empty without '=' or NUL")));
             }
             if v.contains('\0') {
                 return Err(ModelError::Param(format!("invalid env value for {k:?}: contains NUL")));
@@ -81,9 +78,8 @@ impl EnvMap {
     pub fn parse_pairs<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Self, ModelError> {
         let mut map = BTreeMap::new();
         for p in pairs {
-            let (k, v) = p
-                .split_once('=')
-                .ok_or_else(|| ModelError::Param(format!("invalid env {p:?}: expected K=V")))?;
+            let (k, v) =
+                p.split_once('=').ok_or_else(|| ModelError::Param(format!("invalid env {p:?}: expected K=V")))?;
             map.insert(k.to_string(), v.to_string());
         }
         Self::parse(map)
@@ -122,9 +118,7 @@ impl PortMap {
                 None => (container.as_str(), "tcp"),
             };
             if proto != "tcp" && proto != "udp" {
-                return Err(ModelError::Param(format!(
-                    "invalid port {container:?}: protocol must be tcp or udp"
-                )));
+                return Err(ModelError::Param(format!("invalid port {container:?}: protocol must be tcp or udp")));
             }
             parse_port(port, &container)?;
             let host_port = parse_port(&host, &host)?;
@@ -137,9 +131,9 @@ impl PortMap {
     pub fn parse_pairs<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Self, ModelError> {
         let mut map = BTreeMap::new();
         for p in pairs {
-            let (h, c) = p.split_once(':').ok_or_else(|| {
-                ModelError::Param(format!("invalid port {p:?}: expected HOST:CONTAINER"))
-            })?;
+            let (h, c) = p
+                .split_once(':')
+                .ok_or_else(|| ModelError::Param(format!("invalid port {p:?}: expected HOST:CONTAINER")))?;
             map.insert(c.to_string(), h.to_string());
         }
         Self::parse(map)
@@ -167,9 +161,8 @@ pub struct ImageRef(String);
 
 impl ImageRef {
     pub fn parse(s: &str) -> Result<Self, ModelError> {
-        let ok_chars = s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@'));
+        let ok_chars =
+            s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@'));
         let first = s.as_bytes().first().copied().unwrap_or(b'-');
         if s.is_empty() || s.len() > 255 || !ok_chars || !first.is_ascii_alphanumeric() {
             return Err(ModelError::Param(format!("invalid image reference {s:?}")));
@@ -228,8 +221,7 @@ impl Workdir {
 
 /// Parses a humantime duration within `[min, max]`, naming the value when it is refused.
 pub fn parse_duration(what: &str, s: &str, min: Duration, max: Duration) -> Result<Duration, ModelError> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| ModelError::Param(format!("invalid {what} {s:?}: {e}")))?;
+    let d = humantime::parse_duration(s).map_err(|e| ModelError::Param(format!("invalid {what} {s:?}: {e}")))?;
     if d < min || d > max {
         return Err(ModelError::Param(format!(
             "invalid {what} {s:?}: must be between {} and {}",
@@ -369,10 +361,8 @@ mod tests {
             assert!(ProjectName::parse(n).is_ok(), "{n} should be accepted");
         }
         let too_long = "a".repeat(64);
-        let bad = [
-            "", ".", "..", "../x", "x/y", "-a", "_a", ".a", "A", "aB", "a b", "a\0", "é", &too_long,
-            "a/../../etc",
-        ];
+        let bad =
+            ["", ".", "..", "../x", "x/y", "-a", "_a", ".a", "A", "aB", "a b", "a\0", "é", &too_long, "a/../../etc"];
         for n in bad {
             let err = ProjectName::parse(n).unwrap_err();
             assert!(err.to_string().contains(&format!("{n:?}")), "error names the value: {err}");
@@ -394,7 +384,9 @@ mod tests {
 
     #[test]
     fn ports_table() {
-        for (c, h) in [("0", "80"), ("80", "0"), ("80", "65536"), ("80/sctp", "80"), ("x", "80"), ("80", "-1"), ("+80", "1")] {
+        for (c, h) in
+            [("0", "80"), ("80", "0"), ("80", "65536"), ("80/sctp", "80"), ("x", "80"), ("80", "-1"), ("+80", "1")]
+        {
             let m = BTreeMap::from([(c.to_string(), h.to_string())]);
             assert!(PortMap::parse(m).is_err(), "{c}->{h} should be refused");
         }

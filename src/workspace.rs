@@ -104,10 +104,7 @@ impl Workspaces {
                 Err(e) => return Err(io_err(&dst)(e)),
             }
         }
-        Err(WorkspaceError::Io {
-            path: self.archive.clone(),
-            source: io::Error::other("no free archive name"),
-        })
+        Err(WorkspaceError::Io { path: self.archive.clone(), source: io::Error::other("no free archive name") })
     }
 
     /// Deletes the workspace and everything in it. Symlinks inside are removed, not

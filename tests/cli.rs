@@ -19,7 +19,17 @@ fn create_ls_get_status_labels_network_and_path() {
     let d = Daemon::start("");
     let name = d.name("web");
     let p = json_of(&d.berth_ok(&[
-        "create", &name, "--image", IMAGE, "--description", "demo", "--env", "A=1", "--port", "18931:80", "--json",
+        "create",
+        &name,
+        "--image",
+        IMAGE,
+        "--description",
+        "demo",
+        "--env",
+        "A=1",
+        "--port",
+        "18931:80",
+        "--json",
     ]));
     assert_eq!(p["name"], name.as_str());
     assert_eq!(p["status"], "running");
@@ -86,7 +96,14 @@ fn exec_passes_exit_code_streams_env_workdir_and_mount() {
     d.berth_ok(&["create", &name, "--env", "A=project", "--env", "B=project"]);
 
     let o = d.berth(&[
-        "exec", "--env", "B=exec", &name, "--", "sh", "-c", "echo out; echo err >&2; echo A=$A B=$B; pwd; exit 7",
+        "exec",
+        "--env",
+        "B=exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; echo A=$A B=$B; pwd; exit 7",
     ]);
     assert_eq!(o.status.code(), Some(7), "exit code passes through");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "out\nA=project B=exec\n/workspace\n");
@@ -121,7 +138,14 @@ fn exec_timeout_exits_124_and_kills_the_tree() {
     let name = d.name("to");
     d.berth_ok(&["create", &name]);
     let o = d.berth(&[
-        "exec", "--timeout", "1s", &name, "--", "sh", "-c", "echo started; sleep 300 & sleep 301; echo never",
+        "exec",
+        "--timeout",
+        "1s",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 300 & sleep 301; echo never",
     ]);
     assert_eq!(o.status.code(), Some(124));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "started\n", "output so far is kept, nothing after the kill");

@@ -52,7 +52,10 @@ fn without_an_engine_projects_are_created_and_exec_runs_locally() {
     let ws = d.state.join("projects").join(&name);
     assert!(ws.is_dir());
 
-    let r = d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", "pwd; echo local > f.txt; echo e >&2; exit 4"]}));
+    let r = d.ok(
+        "project.exec",
+        json!({"name": name, "command": ["sh", "-c", "pwd; echo local > f.txt; echo e >&2; exit 4"]}),
+    );
     assert_eq!(r["runtime"], "local");
     assert_eq!(r["exit_code"], 4);
     assert_eq!(r["stdout"].as_str().unwrap().trim(), ws.canonicalize().unwrap().to_str().unwrap());

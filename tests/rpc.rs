@@ -17,7 +17,8 @@ fn every_method_over_the_raw_socket() {
     assert_eq!(info["runtime"], "docker");
     assert_eq!(info["projects"], 0);
 
-    let p = d.ok("project.create", json!({"name": name, "env": {"K": "V"}, "ports": {"8080": "18932"}, "description": "d"}));
+    let p = d
+        .ok("project.create", json!({"name": name, "env": {"K": "V"}, "ports": {"8080": "18932"}, "description": "d"}));
     assert_eq!(p["status"], "running");
     assert_eq!(p["ports"]["8080/tcp"], "18932");
     for key in ["name", "description", "image", "created", "last_used", "status", "env", "ports", "path"] {
@@ -155,7 +156,10 @@ fn several_requests_in_flight_on_one_connection() {
     d.ok("project.create", json!({"name": name}));
     let mut c = d.client();
     // A slow exec first, then a quick one: the quick one's answer comes back first.
-    c.send_line(&json!({"jsonrpc":"2.0","id":"slow","method":"project.exec","params":{"name": name, "command":["sleep","2"]}}).to_string());
+    c.send_line(
+        &json!({"jsonrpc":"2.0","id":"slow","method":"project.exec","params":{"name": name, "command":["sleep","2"]}})
+            .to_string(),
+    );
     c.send_line(&json!({"jsonrpc":"2.0","id":"fast","method":"project.status","params":{"name": name}}).to_string());
     let first = c.read_msg();
     assert_eq!(first["id"], "fast", "responses come back as they finish: {first}");

@@ -67,10 +67,8 @@ impl JanitorState {
             Error::from(e)
         })?;
         let rows = self.rows().await?;
-        let mut by_project: HashMap<String, _> = containers
-            .into_iter()
-            .filter_map(|c| c.project.clone().map(|p| (p, c)))
-            .collect();
+        let mut by_project: HashMap<String, _> =
+            containers.into_iter().filter_map(|c| c.project.clone().map(|p| (p, c))).collect();
         let mut calls = Vec::new();
         for row in &rows {
             let observed = by_project.remove(row.name.as_str());
@@ -96,7 +94,8 @@ impl JanitorState {
             };
             adopt.push(async move {
                 let actor = self.project(&name).await?;
-                ask(&actor, &format!("project {name}"), self.ctx.short_timeout(), |r| ProjectMsg::Adopt(info, r)).await?
+                ask(&actor, &format!("project {name}"), self.ctx.short_timeout(), |r| ProjectMsg::Adopt(info, r))
+                    .await?
             });
         }
         let mut changes = Vec::new();
@@ -123,7 +122,8 @@ impl JanitorState {
             let name = p.name.clone();
             async move {
                 let actor = self.project(&name).await?;
-                let done = ask(&actor, &format!("project {name}"), self.ctx.lifecycle_timeout(), |r| msg(cutoff, r)).await??;
+                let done =
+                    ask(&actor, &format!("project {name}"), self.ctx.lifecycle_timeout(), |r| msg(cutoff, r)).await??;
                 Ok::<_, Error>((name, done))
             }
         });
@@ -140,9 +140,7 @@ impl JanitorState {
 
     async fn archive_stale(&self) -> Result<Vec<String>, Error> {
         let cutoff = OffsetDateTime::now_utc() - self.ctx.config.janitor.stale_after.0;
-        let names = self
-            .sweep(cutoff, |_| true, |cutoff, reply| ProjectMsg::ArchiveIfStale { cutoff, reply })
-            .await?;
+        let names = self.sweep(cutoff, |_| true, |cutoff, reply| ProjectMsg::ArchiveIfStale { cutoff, reply }).await?;
         if !names.is_empty() {
             tracing::info!(projects = ?names, "archived stale projects");
         }
@@ -193,7 +191,12 @@ impl Actor for JanitorActor {
         Ok(())
     }
 
-    async fn handle(&self, _me: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             JanitorMsg::Reconcile(reply) => {
                 let res = st.reconcile().await;

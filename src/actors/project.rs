@@ -46,10 +46,17 @@ pub struct Change {
 }
 
 pub enum ProjectMsg {
-    Create { spec: CreateSpec, or_get: bool, reply: RpcReplyPort<Result<Project, Error>> },
+    Create {
+        spec: CreateSpec,
+        or_get: bool,
+        reply: RpcReplyPort<Result<Project, Error>>,
+    },
     Start(RpcReplyPort<Result<Project, Error>>),
     Stop(RpcReplyPort<Result<Project, Error>>),
-    Delete { purge: bool, reply: RpcReplyPort<Result<(), Error>> },
+    Delete {
+        purge: bool,
+        reply: RpcReplyPort<Result<(), Error>>,
+    },
     /// Gets the project ready for one exec. `container`: run it in the container (start or
     /// re-create it first); `recheck`: ask the engine instead of trusting the cached state.
     PrepareExec {
@@ -63,9 +70,15 @@ pub enum ProjectMsg {
     /// Adopts a labelled container that has no row (a crash between create and commit).
     Adopt(ContainerInfo, RpcReplyPort<Result<Option<Change>, Error>>),
     /// Archives the project if it has had no activity since `cutoff` and no exec runs.
-    ArchiveIfStale { cutoff: OffsetDateTime, reply: RpcReplyPort<Result<bool, Error>> },
+    ArchiveIfStale {
+        cutoff: OffsetDateTime,
+        reply: RpcReplyPort<Result<bool, Error>>,
+    },
     /// Stops (not removes) the container if idle since `cutoff` and no exec runs.
-    StopIfIdle { cutoff: OffsetDateTime, reply: RpcReplyPort<Result<bool, Error>> },
+    StopIfIdle {
+        cutoff: OffsetDateTime,
+        reply: RpcReplyPort<Result<bool, Error>>,
+    },
     /// Debug hook: panic inside the handler, to exercise supervision. The reply port is
     /// dropped by the panic, which is how the caller learns it happened.
     Panic(RpcReplyPort<()>),
@@ -141,13 +154,8 @@ impl ProjectState {
     }
 
     async fn ensure_container(&self, p: &Project) -> Result<Option<ContainerInfo>, Error> {
-        let spec = ContainerSpec {
-            project: &p.name,
-            image: &p.image,
-            env: &p.env,
-            ports: &p.ports,
-            workspace: &p.path,
-        };
+        let spec =
+            ContainerSpec { project: &p.name, image: &p.image, env: &p.env, ports: &p.ports, workspace: &p.path };
         self.ctx.runtimes.docker.ensure_running(&spec).await.map_err(|e| self.engine_err(e))
     }
 
@@ -382,7 +390,12 @@ impl Actor for ProjectActor {
         Ok(())
     }
 
-    async fn handle(&self, _me: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ProjectMsg::Create { spec, or_get, reply } => {
                 let _ = reply.send(st.create(spec, or_get).await);

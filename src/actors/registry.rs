@@ -45,7 +45,12 @@ impl Actor for RegistryActor {
         Ok(RegistryState { store, rows })
     }
 
-    async fn handle(&self, _me: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RegistryMsg::Get(name, reply) => {
                 let _ = reply.send(st.rows.get(&name).cloned());

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorStatus, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
 
 use super::janitor::{JanitorActor, JanitorArgs, JanitorMsg};
 use super::project::{ProjectActor, ProjectArgs, ProjectMsg};
@@ -60,7 +60,11 @@ pub fn backoff(n: u32) -> Duration {
 }
 
 impl SupervisorState {
-    async fn spawn_project(&mut self, me: &ActorRef<SupervisorMsg>, name: &ProjectName) -> Result<ActorRef<ProjectMsg>, Error> {
+    async fn spawn_project(
+        &mut self,
+        me: &ActorRef<SupervisorMsg>,
+        name: &ProjectName,
+    ) -> Result<ActorRef<ProjectMsg>, Error> {
         if let Some(a) = self.projects.get(name) {
             // A failed actor stays in the map until its supervision event arrives; never
             // hand it out in that window.
@@ -110,7 +114,11 @@ impl Actor for Supervisor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(&self, me: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let registry_id = spawn_registry(&args.ctx, args.state_dir.clone(), me.get_cell()).await?;
         Ok(SupervisorState {
             ctx: args.ctx,
@@ -127,7 +135,12 @@ impl Actor for Supervisor {
         st.spawn_janitor(&me).await
     }
 
-    async fn handle(&self, me: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Project(name, reply) => {
                 let _ = reply.send(st.spawn_project(&me, &name).await);

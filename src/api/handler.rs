@@ -66,8 +66,11 @@ impl Service {
             }
             Request::Delete { name, purge } => {
                 let actor = self.project(&name).await?;
-                ask(&actor, &format!("project {name}"), ctx.short_timeout(), |reply| ProjectMsg::Delete { purge, reply })
-                    .await??;
+                ask(&actor, &format!("project {name}"), ctx.short_timeout(), |reply| ProjectMsg::Delete {
+                    purge,
+                    reply,
+                })
+                .await??;
                 Ok(json!({}))
             }
             Request::Status(name) => self.status(&name).await,
@@ -82,7 +85,8 @@ impl Service {
             Request::Exec(e) => self.exec(id, e, conn).await,
             Request::Reconcile => {
                 let j = self.janitor().await?;
-                let changed = ask(&j, "the janitor", ctx.lifecycle_timeout(), |r| JanitorMsg::Reconcile(Some(r))).await??;
+                let changed =
+                    ask(&j, "the janitor", ctx.lifecycle_timeout(), |r| JanitorMsg::Reconcile(Some(r))).await??;
                 Ok(json!({"changed": changed}))
             }
             Request::ArchiveStale => {
@@ -159,7 +163,9 @@ impl Service {
             Error::from(e)
         })?;
         Ok(match info {
-            Some(c) => json!({"container_id": c.container_id, "running": c.running, "image": c.image, "created": c.created}),
+            Some(c) => {
+                json!({"container_id": c.container_id, "running": c.running, "image": c.image, "created": c.created})
+            }
             None => json!({
                 "container_id": null,
                 "running": false,
@@ -297,7 +303,9 @@ async fn forward(id: Value, mut rx: mpsc::Receiver<Chunk>, out: mpsc::Sender<Str
             return;
         }
     }
-    for (slot, stream) in [crate::runtime::StreamKind::Stdout, crate::runtime::StreamKind::Stderr].into_iter().enumerate() {
+    for (slot, stream) in
+        [crate::runtime::StreamKind::Stdout, crate::runtime::StreamKind::Stderr].into_iter().enumerate()
+    {
         let rest = carry[slot].finish();
         if !rest.is_empty() {
             let _ = out.send(protocol::output_notification(&id, stream, &rest)).await;

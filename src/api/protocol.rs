@@ -25,14 +25,23 @@ pub const MAX_TAIL: u64 = 1_000_000;
 #[derive(Debug, Clone)]
 pub enum Request {
     Info,
-    Create { spec: CreateSpec, or_get: bool },
+    Create {
+        spec: CreateSpec,
+        or_get: bool,
+    },
     Get(ProjectName),
     List,
     Start(ProjectName),
     Stop(ProjectName),
-    Delete { name: ProjectName, purge: bool },
+    Delete {
+        name: ProjectName,
+        purge: bool,
+    },
     Status(ProjectName),
-    Logs { name: ProjectName, tail: Option<u64> },
+    Logs {
+        name: ProjectName,
+        tail: Option<u64>,
+    },
     Path(ProjectName),
     Exec(ExecRequest),
     Reconcile,
@@ -46,7 +55,12 @@ impl Request {
     pub fn is_mutating(&self) -> bool {
         !matches!(
             self,
-            Request::Info | Request::Get(_) | Request::List | Request::Status(_) | Request::Logs { .. } | Request::Path(_)
+            Request::Info
+                | Request::Get(_)
+                | Request::List
+                | Request::Status(_)
+                | Request::Logs { .. }
+                | Request::Path(_)
         )
     }
 
@@ -161,7 +175,11 @@ pub fn decode(line: &[u8], config: &Config, debug_hooks: bool) -> Decoded {
     };
     let id = obj.remove("id").unwrap_or(Value::Null);
     if !matches!(id, Value::String(_) | Value::Number(_)) {
-        return bad(Value::Null, ErrorKind::InvalidRequest, format!("request id must be a string or a number, got {id}"));
+        return bad(
+            Value::Null,
+            ErrorKind::InvalidRequest,
+            format!("request id must be a string or a number, got {id}"),
+        );
     }
     if obj.get("jsonrpc") != Some(&Value::String("2.0".into())) {
         return bad(id, ErrorKind::InvalidRequest, "jsonrpc must be \"2.0\"".into());
@@ -387,17 +405,35 @@ mod tests {
             (r#"{"jsonrpc":"2.0","id":1,"method":"project.get","params":{"name":5}}"#, InvalidParams),
             (r#"{"jsonrpc":"2.0","id":1,"method":"project.get","params":{"name":"../x"}}"#, InvalidName),
             (r#"{"jsonrpc":"2.0","id":1,"method":"project.get","params":{"name":"a","x":1}}"#, InvalidParams),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"project.create","params":{"name":"a","image":"a b"}}"#, InvalidParams),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"project.create","params":{"name":"a","env":{"A=B":"1"}}}"#, InvalidParams),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"project.create","params":{"name":"a","ports":{"80":"99999"}}}"#, InvalidParams),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"project.create","params":{"name":"a","image":"a b"}}"#,
+                InvalidParams,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"project.create","params":{"name":"a","env":{"A=B":"1"}}}"#,
+                InvalidParams,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"project.create","params":{"name":"a","ports":{"80":"99999"}}}"#,
+                InvalidParams,
+            ),
             (r#"{"jsonrpc":"2.0","id":1,"method":"project.logs","params":{"name":"a","tail":-1}}"#, InvalidParams),
             (r#"{"jsonrpc":"2.0","id":1,"method":"project.logs","params":{"name":"a","tail":"5"}}"#, InvalidParams),
             (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":[]}}"#, InvalidParams),
             (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":[""]}}"#, InvalidParams),
             (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":"ls"}}"#, InvalidParams),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":["ls"],"timeout":"soon"}}"#, InvalidParams),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":["ls"],"workdir":"rel"}}"#, InvalidParams),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":["ls"],"workdir":"/proc/1"}}"#, InvalidParams),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":["ls"],"timeout":"soon"}}"#,
+                InvalidParams,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":["ls"],"workdir":"rel"}}"#,
+                InvalidParams,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"a","command":["ls"],"workdir":"/proc/1"}}"#,
+                InvalidParams,
+            ),
             (r#"{"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name":"A","command":["ls"]}}"#, InvalidName),
         ];
         for (line, want) in rows {

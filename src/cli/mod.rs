@@ -340,7 +340,12 @@ fn print_human(cmd: &Command, r: &Value) {
             } else {
                 "unavailable".into()
             };
-            println!("version   {}\nruntime   {}\ndocker    {docker}\nprojects  {}", s(&r["version"]), s(&r["runtime"]), s(&r["projects"]));
+            println!(
+                "version   {}\nruntime   {}\ndocker    {docker}\nprojects  {}",
+                s(&r["version"]),
+                s(&r["runtime"]),
+                s(&r["projects"])
+            );
         }
         Command::Create { .. } | Command::Get { .. } | Command::Start { .. } | Command::Stop { .. } => print_project(r),
         Command::Ls => {

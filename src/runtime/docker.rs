@@ -35,7 +35,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::{Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, LiveTx, Runtime, RuntimeError, RuntimeKind, StreamKind};
+use super::{
+    Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, LiveTx, Runtime, RuntimeError, RuntimeKind,
+    StreamKind,
+};
 use crate::config::Config;
 use crate::model::ProjectName;
 
@@ -137,7 +140,9 @@ impl DockerRuntime {
         .map_err(|e| RuntimeError::Unavailable(format!("{host}: {e}")))?;
         let docker = tokio::time::timeout(self.settings.api_timeout, docker.negotiate_version())
             .await
-            .map_err(|_| RuntimeError::Unavailable(format!("{host}: no answer within {:?}", self.settings.api_timeout)))?
+            .map_err(|_| {
+                RuntimeError::Unavailable(format!("{host}: no answer within {:?}", self.settings.api_timeout))
+            })?
             .map_err(|e| RuntimeError::Unavailable(format!("{host}: {e}")))?;
         *guard = Some(docker.clone());
         Ok(docker)
@@ -545,7 +550,9 @@ impl Runtime for DockerRuntime {
             tty: Some(false),
             env: Some(env),
             cmd: Some(spec.argv.clone()),
-            working_dir: Some(spec.workdir.as_ref().map(|w| w.as_str().to_string()).unwrap_or_else(|| "/workspace".into())),
+            working_dir: Some(
+                spec.workdir.as_ref().map(|w| w.as_str().to_string()).unwrap_or_else(|| "/workspace".into()),
+            ),
             ..Default::default()
         };
         let created = self.bounded("creating exec", docker.create_exec(&container, opts)).await?;

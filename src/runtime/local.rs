@@ -15,7 +15,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::{Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, LiveTx, Runtime, RuntimeError, RuntimeKind, StreamKind};
+use super::{
+    Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, LiveTx, Runtime, RuntimeError, RuntimeKind,
+    StreamKind,
+};
 use crate::model::{ProjectName, Workdir};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -82,9 +85,7 @@ impl Runtime for LocalRuntime {
     }
 
     async fn logs(&self, project: &ProjectName, _tail: Option<u64>) -> Result<String, RuntimeError> {
-        Err(RuntimeError::Unavailable(format!(
-            "project {project} has no container log: no container engine is in use"
-        )))
+        Err(RuntimeError::Unavailable(format!("project {project} has no container log: no container engine is in use")))
     }
 
     async fn exec(
@@ -109,9 +110,8 @@ impl Runtime for LocalRuntime {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| RuntimeError::Io(format!("cannot run {program:?} in {}: {e}", dir.display())))?;
+        let mut child =
+            cmd.spawn().map_err(|e| RuntimeError::Io(format!("cannot run {program:?} in {}: {e}", dir.display())))?;
         let pgid = child.id().map(|p| p as i32);
         if let (Some(data), Some(mut stdin)) = (spec.stdin.clone(), child.stdin.take()) {
             tokio::spawn(async move {
@@ -192,7 +192,13 @@ mod tests {
     async fn runs_in_workspace_with_env_and_separate_streams() {
         let ws = tempfile::tempdir().unwrap();
         let o = LocalRuntime
-            .exec(&name(), ws.path(), spec(&["sh", "-c", "pwd; echo $GREETING; echo oops >&2; exit 3"]), None, CancellationToken::new())
+            .exec(
+                &name(),
+                ws.path(),
+                spec(&["sh", "-c", "pwd; echo $GREETING; echo oops >&2; exit 3"]),
+                None,
+                CancellationToken::new(),
+            )
             .await
             .unwrap();
         let root = ws.path().canonicalize().unwrap();

@@ -219,10 +219,7 @@ impl Capture {
 pub fn token() -> String {
     let mut buf = [0u8; 16];
     if getrandom(&mut buf).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         buf = (t ^ (std::process::id() as u128) << 64).to_le_bytes();
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
@@ -321,8 +318,7 @@ impl Runtimes {
 
     /// Records that an engine call found no engine.
     pub fn note(&self, e: &RuntimeError) {
-        if matches!(e, RuntimeError::Unavailable(_))
-            && self.available.swap(false, std::sync::atomic::Ordering::SeqCst)
+        if matches!(e, RuntimeError::Unavailable(_)) && self.available.swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             tracing::warn!(error = %e, "container engine went away; running locally until it is back");
         }

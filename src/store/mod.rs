@@ -186,8 +186,7 @@ impl Row {
         let corrupt = |why: String| StoreError::Corrupt { name: self.name.clone(), why };
         let name = ProjectName::parse(&self.name).map_err(|e| corrupt(e.to_string()))?;
         let env: BTreeMap<String, String> = serde_json::from_str(&self.env).map_err(|e| corrupt(e.to_string()))?;
-        let ports: BTreeMap<String, String> =
-            serde_json::from_str(&self.ports).map_err(|e| corrupt(e.to_string()))?;
+        let ports: BTreeMap<String, String> = serde_json::from_str(&self.ports).map_err(|e| corrupt(e.to_string()))?;
         Ok(Project {
             path: projects_dir.join(name.as_str()),
             image: ImageRef::parse(&self.image).map_err(|e| corrupt(e.to_string()))?,

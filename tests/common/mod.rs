@@ -231,7 +231,7 @@ impl Drop for Daemon {
 /// Removes every container whose project label starts with `prefix`.
 pub fn remove_containers(prefix: &str) {
     let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=vega.project", "--format", "{{.ID}} {{.Label \"vega.project\"}}"])
+        .args(["ps", "-a", "--filter", "label=vega.project", "--format", "{{.ID}} {{.Label \"vega.project\"}}"])
         .output();
     let Ok(out) = out else { return };
     let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
