@@ -302,6 +302,35 @@ pub struct Project {
     pub env: EnvMap,
     pub ports: PortMap,
     pub path: PathBuf,
+    /// A multi-step change under way, journaled so that a crash part-way is finished on
+    /// restart. Not part of the wire view.
+    pub pending: Option<Pending>,
+}
+
+/// A journaled multi-step change of a project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// Delete, archiving the workspace.
+    Archive,
+    /// Delete, removing the workspace.
+    Purge,
+}
+
+impl Pending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pending::Archive => "archive",
+            Pending::Purge => "purge",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "archive" => Some(Pending::Archive),
+            "purge" => Some(Pending::Purge),
+            _ => None,
+        }
+    }
 }
 
 impl Serialize for Project {

@@ -60,7 +60,7 @@ impl JanitorState {
 
     async fn reconcile(&self) -> Result<Vec<Change>, Error> {
         if !self.ctx.runtimes.refresh().await {
-            return Ok(Vec::new());
+            return self.settle_creating().await;
         }
         let containers = self.ctx.runtimes.docker.list().await.map_err(|e| {
             self.ctx.runtimes.note(&e);
@@ -72,12 +72,13 @@ impl JanitorState {
         let mut calls = Vec::new();
         for row in &rows {
             let observed = by_project.remove(row.name.as_str());
-            let agrees = match (&observed, row.status) {
-                (Some(c), Status::Running) => c.running,
-                (Some(c), Status::Stopped) => !c.running,
-                (None, Status::Created) => true,
-                _ => false,
-            };
+            let agrees = row.pending.is_none()
+                && match (&observed, row.status) {
+                    (Some(c), Status::Running) => c.running,
+                    (Some(c), Status::Stopped) => !c.running,
+                    (None, Status::Created) => true,
+                    _ => false,
+                };
             if !agrees {
                 let name = row.name.clone();
                 calls.push(async move {
@@ -107,6 +108,20 @@ impl JanitorState {
             }
         }
         Ok(changes)
+    }
+
+    /// Without an engine there is nothing to compare with, but a create that a crash left
+    /// `creating` is still settled (as `created`).
+    async fn settle_creating(&self) -> Result<Vec<Change>, Error> {
+        let rows = self.rows().await?;
+        let calls = rows.iter().filter(|p| p.status == Status::Creating).map(|p| {
+            let name = p.name.clone();
+            async move {
+                let actor = self.project(&name).await?;
+                ask(&actor, &format!("project {name}"), self.ctx.short_timeout(), ProjectMsg::Reconcile).await?
+            }
+        });
+        Ok(join_all(calls).await.into_iter().filter_map(|r| r.ok().flatten()).collect())
     }
 
     /// Asks each project quiet since `cutoff` to act (archive or stop); returns the names

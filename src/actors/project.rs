@@ -7,6 +7,7 @@
 //! Durable state is the registry row and the engine; a restarted actor rebuilds from the
 //! row in `pre_start` and from the engine in `post_start`.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::RegistryMsg;
 use super::{ask, Ctx};
 use crate::error::{Error, ErrorKind};
-use crate::model::{CreateSpec, ImageRef, Project, ProjectName, Status};
+use crate::model::{CreateSpec, ImageRef, Pending, Project, ProjectName, Status};
 use crate::runtime::{ContainerInfo, ContainerSpec, RuntimeError, RuntimeKind};
 
 pub struct ProjectActor;
@@ -57,12 +58,11 @@ pub enum ProjectMsg {
         purge: bool,
         reply: RpcReplyPort<Result<(), Error>>,
     },
-    /// Gets the project ready for one exec. `container`: run it in the container (start or
-    /// re-create it first); `recheck`: ask the engine instead of trusting the cached state.
+    /// Gets the project ready for one exec (starting or re-creating its container when it
+    /// runs there) and hands out a lease.
     PrepareExec {
         auto_create: Option<CreateSpec>,
-        container: bool,
-        recheck: bool,
+        place: Placement,
         reply: RpcReplyPort<Result<ExecLease, Error>>,
     },
     /// Compares the row with the engine and converges; replies with what changed.
@@ -82,6 +82,20 @@ pub enum ProjectMsg {
     /// Debug hook: panic inside the handler, to exercise supervision. The reply port is
     /// dropped by the panic, which is how the caller learns it happened.
     Panic(RpcReplyPort<()>),
+}
+
+/// Where an exec should run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On the host, in the workspace (`local: true`).
+    Local,
+    /// In the container if the engine answers, else locally (tool routing).
+    ContainerIfAvailable,
+    /// In the container; locally only for a project that has no container yet and no
+    /// engine to make one.
+    Auto,
+    /// In the container, asking the engine afresh (after the container vanished).
+    Recheck,
 }
 
 /// The running execs of one project: counted (a project with an exec running is never
@@ -181,7 +195,10 @@ impl ProjectState {
             env: spec.env,
             ports: spec.ports,
             path: self.ctx.workspaces.path(&self.name),
+            pending: None,
         };
+        // The row goes in first (as `creating`): a crash from here on leaves a row that
+        // the next start-up finishes, never a container nobody knows.
         let row = p.clone();
         self.registry(|r| RegistryMsg::Insert(row, r)).await??;
         self.project = Some(p.clone());
@@ -255,31 +272,101 @@ impl ProjectState {
         self.save(p).await
     }
 
-    /// Removes container, workspace (archived or purged) and row, in that order: a crash
-    /// part-way leaves a row that reconcile converges, never a container without a row.
-    async fn delete(&mut self, purge: bool) -> Result<Option<std::path::PathBuf>, Error> {
-        self.require()?;
+    /// Deletes the project: container, workspace (archived or purged) and row.
+    ///
+    /// The intent is journaled in the row first, so a crash part-way is finished on
+    /// restart. The container is stopped before the workspace moves; if the move fails,
+    /// the container is started again and the row is left as it was.
+    async fn delete(&mut self, purge: bool) -> Result<Option<PathBuf>, Error> {
+        let mut p = self.require()?;
+        let has_container = matches!(p.status, Status::Running | Status::Stopped);
+        if has_container && !self.ctx.runtimes.docker_available() {
+            return Err(Error::new(
+                ErrorKind::RuntimeUnavailable,
+                format!("cannot delete project {}: its container cannot be removed while no engine answers", self.name),
+            ));
+        }
         self.execs.cancel_all();
-        self.ctx.runtimes.docker.remove(&self.name).await.map_err(|e| self.engine_err(e))?;
-        let archived = if purge {
-            self.ctx.workspaces.purge(&self.name)?;
-            None
-        } else {
-            self.ctx.workspaces.archive(&self.name, OffsetDateTime::now_utc())?
+        let was_running = p.status == Status::Running;
+        p.pending = Some(if purge { Pending::Purge } else { Pending::Archive });
+        let p = self.save(p).await?;
+        self.finish_delete(p, was_running).await
+    }
+
+    async fn finish_delete(&mut self, mut p: Project, was_running: bool) -> Result<Option<PathBuf>, Error> {
+        let docker = &self.ctx.runtimes.docker;
+        let engine = self.ctx.runtimes.docker_available();
+        if engine {
+            docker.stop(&self.name).await.map_err(|e| self.engine_err(e))?;
+        }
+        let moved = match p.pending {
+            Some(Pending::Purge) => self.ctx.workspaces.purge(&self.name).map(|_| None),
+            _ => self.ctx.workspaces.archive(&self.name, OffsetDateTime::now_utc()),
         };
+        let archived = match moved {
+            Ok(a) => a,
+            Err(e) => {
+                // Nothing is lost: put the project back as it was.
+                if was_running {
+                    let _ = self.ensure_container(&p).await;
+                }
+                p.pending = None;
+                self.save(p).await?;
+                return Err(e.into());
+            }
+        };
+        if engine {
+            docker.remove(&self.name).await.map_err(|e| self.engine_err(e))?;
+        }
         let name = self.name.clone();
         self.registry(|r| RegistryMsg::Delete(name, r)).await??;
         self.project = None;
-        tracing::info!(project = %self.name, purge, archived = ?archived, "deleted project");
+        tracing::info!(project = %self.name, archived = ?archived, "deleted project");
         Ok(archived)
     }
 
-    async fn prepare_exec(
-        &mut self,
-        auto_create: Option<CreateSpec>,
-        container: bool,
-        recheck: bool,
-    ) -> Result<ExecLease, Error> {
+    /// Finishes what a crash interrupted: a journaled delete, or a create left
+    /// `creating` (its container is made now if the engine answers, else it is `created`).
+    async fn resume(&mut self) -> Result<Option<Change>, Error> {
+        let Some(mut p) = self.project.clone() else { return Ok(None) };
+        if p.pending.is_some() {
+            if !self.ctx.runtimes.docker_available() {
+                return Ok(None);
+            }
+            let from = p.status;
+            self.finish_delete(p, false).await?;
+            return Ok(Some(Change {
+                name: self.name.to_string(),
+                from: Some(from),
+                to: None,
+                reason: "finished an interrupted delete".into(),
+            }));
+        }
+        if p.status != Status::Creating {
+            return Ok(None);
+        }
+        self.ctx.workspaces.ensure(&self.name)?;
+        p.status = match self.ctx.runtimes.docker_available() {
+            true => match self.ensure_container(&p).await {
+                Ok(_) => Status::Running,
+                Err(e) => {
+                    tracing::warn!(project = %self.name, error = %e, "could not finish an interrupted create");
+                    Status::Created
+                }
+            },
+            false => Status::Created,
+        };
+        let to = p.status;
+        self.save(p).await?;
+        Ok(Some(Change {
+            name: self.name.to_string(),
+            from: Some(Status::Creating),
+            to: Some(to),
+            reason: "finished an interrupted create".into(),
+        }))
+    }
+
+    async fn prepare_exec(&mut self, auto_create: Option<CreateSpec>, place: Placement) -> Result<ExecLease, Error> {
         if self.project.is_none() {
             match auto_create {
                 Some(spec) => {
@@ -289,19 +376,47 @@ impl ProjectState {
             }
         }
         let mut p = self.require()?;
-        if p.status == Status::Creating {
-            return Err(Error::new(ErrorKind::Busy, format!("project {} is being created", self.name)));
+        if p.status == Status::Creating || p.pending.is_some() {
+            return Err(Error::new(ErrorKind::Busy, format!("project {} is being created or deleted", self.name)));
         }
+        let engine = self.ctx.runtimes.docker_available();
+        let container = match place {
+            Placement::Local => false,
+            Placement::ContainerIfAvailable => engine,
+            // A project that lives in a container never silently runs on the host: only
+            // one that has no container yet degrades to local execution.
+            Placement::Auto => {
+                if !engine && p.status != Status::Created {
+                    return Err(Error::new(
+                        ErrorKind::RuntimeUnavailable,
+                        format!("project {} runs in a container and no container engine answers", self.name),
+                    ));
+                }
+                engine
+            }
+            Placement::Recheck => true,
+        };
         let runtime = if container {
-            if recheck || !p.status.can_exec_directly() {
-                self.ensure_container(&p).await?;
-                p.status = Status::Running;
+            if place == Placement::Recheck || !p.status.can_exec_directly() {
+                match self.ensure_container(&p).await {
+                    Ok(_) => p.status = Status::Running,
+                    Err(e) if e.kind == ErrorKind::RuntimeUnavailable && p.status == Status::Created => {
+                        return self.lease(p, RuntimeKind::Local).await;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             RuntimeKind::Docker
         } else {
-            self.ctx.workspaces.ensure(&self.name)?;
             RuntimeKind::Local
         };
+        self.lease(p, runtime).await
+    }
+
+    async fn lease(&mut self, mut p: Project, runtime: RuntimeKind) -> Result<ExecLease, Error> {
+        if runtime == RuntimeKind::Local {
+            self.ctx.workspaces.ensure(&self.name)?;
+        }
         p.last_used = OffsetDateTime::now_utc();
         let p = self.save(p).await?;
         let (cancel, guard) = self.execs.lease();
@@ -309,6 +424,9 @@ impl ProjectState {
     }
 
     async fn reconcile(&mut self) -> Result<Option<Change>, Error> {
+        if let Some(change) = self.resume().await? {
+            return Ok(Some(change));
+        }
         let Some(mut p) = self.project.clone() else { return Ok(None) };
         if !self.ctx.runtimes.docker_available() {
             return Ok(None);
@@ -318,7 +436,6 @@ impl ProjectState {
             (Some(c), _) if c.running => (Status::Running, "container is running"),
             (Some(_), _) => (Status::Stopped, "container is stopped"),
             (None, Status::Created) => (Status::Created, ""),
-            (None, Status::Creating) => (Status::Created, "interrupted create has no container"),
             (None, _) => (Status::Stopped, "container is gone; the next start or exec re-creates it"),
         };
         if to == p.status {
@@ -348,6 +465,7 @@ impl ProjectState {
             env: Default::default(),
             ports: Default::default(),
             path: self.ctx.workspaces.path(&self.name),
+            pending: None,
         };
         self.ctx.workspaces.ensure(&self.name)?;
         let row = p.clone();
@@ -409,8 +527,8 @@ impl Actor for ProjectActor {
             ProjectMsg::Delete { purge, reply } => {
                 let _ = reply.send(st.delete(purge).await.map(|_| ()));
             }
-            ProjectMsg::PrepareExec { auto_create, container, recheck, reply } => {
-                let _ = reply.send(st.prepare_exec(auto_create, container, recheck).await);
+            ProjectMsg::PrepareExec { auto_create, place, reply } => {
+                let _ = reply.send(st.prepare_exec(auto_create, place).await);
             }
             ProjectMsg::Reconcile(reply) => {
                 let _ = reply.send(st.reconcile().await);

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, ExecRequest, Request, Utf8Carry};
 use crate::actors::janitor::JanitorMsg;
-use crate::actors::project::{ExecLease, ProjectMsg};
+use crate::actors::project::{ExecLease, Placement, ProjectMsg};
 use crate::actors::registry::RegistryMsg;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::actors::{ask, Ctx};
@@ -176,19 +176,22 @@ impl Service {
         })
     }
 
-    /// Where an exec runs: locally when asked, when its tool is not routed to containers,
-    /// or when no engine answers; in the container otherwise.
-    fn wants_container(&self, e: &ExecRequest) -> bool {
-        if e.local || !self.ctx.runtimes.docker_available() {
-            return false;
+    /// Where an exec runs: locally when asked; for a named tool, in the container only if
+    /// routing lists it and the engine answers; otherwise the project actor decides.
+    fn placement(&self, e: &ExecRequest) -> Placement {
+        if e.local {
+            return Placement::Local;
         }
         match &e.tool {
-            Some(tool) => self.ctx.config.routing.container_tools.iter().any(|t| t == tool),
-            None => true,
+            Some(tool) if self.ctx.config.routing.container_tools.iter().any(|t| t == tool) => {
+                Placement::ContainerIfAvailable
+            }
+            Some(_) => Placement::Local,
+            None => Placement::Auto,
         }
     }
 
-    async fn lease(&self, e: &ExecRequest, container: bool, recheck: bool) -> Result<ExecLease, Error> {
+    async fn lease(&self, e: &ExecRequest, place: Placement) -> Result<ExecLease, Error> {
         let auto_create = self.ctx.config.exec.auto_create.then(|| CreateSpec {
             name: e.name.clone(),
             image: None,
@@ -199,8 +202,7 @@ impl Service {
         let actor = self.project(&e.name).await?;
         ask(&actor, &format!("project {}", e.name), self.ctx.lifecycle_timeout(), |reply| ProjectMsg::PrepareExec {
             auto_create,
-            container,
-            recheck,
+            place,
             reply,
         })
         .await?
@@ -208,25 +210,19 @@ impl Service {
 
     async fn exec(&self, id: &Value, e: ExecRequest, conn: &ConnHandle) -> Result<Value, Error> {
         let started = Instant::now();
-        let mut container = self.wants_container(&e);
-        let mut lease = match self.lease(&e, container, false).await {
-            // The engine went away between the check and the start: degrade to local.
-            Err(err) if container && err.kind == ErrorKind::RuntimeUnavailable => {
-                container = false;
-                self.lease(&e, false, false).await?
-            }
-            other => other?,
-        };
+        let mut lease = self.lease(&e, self.placement(&e)).await?;
         let mut retried = false;
         loop {
             let outcome = self.run(id, &e, &lease, conn).await;
             match outcome {
                 // The container was stopped or removed behind berth's back since the actor
                 // last looked: have it start or re-create the container, once.
-                Err(RuntimeError::Engine(msg)) if container && !retried && container_missing(&msg) => {
+                Err(RuntimeError::Engine(msg))
+                    if lease.runtime == RuntimeKind::Docker && !retried && container_missing(&msg) =>
+                {
                     retried = true;
                     drop(lease);
-                    lease = self.lease(&e, true, true).await?;
+                    lease = self.lease(&e, Placement::Recheck).await?;
                 }
                 Err(err) => {
                     self.ctx.runtimes.note(&err);

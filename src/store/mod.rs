@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
-use crate::model::{EnvMap, ImageRef, PortMap, Project, ProjectName, Status};
+use crate::model::{EnvMap, ImageRef, Pending, PortMap, Project, ProjectName, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,7 +28,8 @@ pub enum StoreError {
 }
 
 /// Schema migrations, in order; entry `i` moves `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE projects (
         name         TEXT PRIMARY KEY NOT NULL,
         description  TEXT NOT NULL,
@@ -39,7 +40,11 @@ const MIGRATIONS: &[&str] = &[r#"
         env          TEXT NOT NULL,
         ports        TEXT NOT NULL
     ) STRICT;
-"#];
+"#,
+    r#"
+    ALTER TABLE projects ADD COLUMN pending TEXT;
+"#,
+];
 
 pub struct Store {
     conn: Connection,
@@ -82,7 +87,7 @@ impl Store {
 
     pub fn list(&self) -> Result<Vec<Project>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT name, description, image, created_ms, last_used_ms, status, env, ports
+            "SELECT name, description, image, created_ms, last_used_ms, status, env, ports, pending
              FROM projects ORDER BY name",
         )?;
         let rows = stmt.query_map([], Row::read)?;
@@ -95,7 +100,7 @@ impl Store {
 
     pub fn get(&self, name: &ProjectName) -> Result<Option<Project>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT name, description, image, created_ms, last_used_ms, status, env, ports
+            "SELECT name, description, image, created_ms, last_used_ms, status, env, ports, pending
              FROM projects WHERE name = ?1",
         )?;
         let row = stmt.query_row([name.as_str()], Row::read).optional()?;
@@ -105,8 +110,8 @@ impl Store {
     /// Inserts a new row; `Exists` if the name is taken.
     pub fn insert(&self, p: &Project) -> Result<(), StoreError> {
         let n = self.conn.execute(
-            "INSERT INTO projects (name, description, image, created_ms, last_used_ms, status, env, ports)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(name) DO NOTHING",
+            "INSERT INTO projects (name, description, image, created_ms, last_used_ms, status, env, ports, pending)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT(name) DO NOTHING",
             params![
                 p.name.as_str(),
                 p.description,
@@ -116,6 +121,7 @@ impl Store {
                 p.status.as_str(),
                 json(p.env.as_map()),
                 json(&p.ports.to_wire()),
+                p.pending.map(Pending::as_str),
             ],
         )?;
         if n == 0 {
@@ -124,11 +130,17 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the row's mutable fields (status, last_used, image).
+    /// Writes the row's mutable fields (status, last_used, image, pending).
     pub fn update(&self, p: &Project) -> Result<(), StoreError> {
         self.conn.execute(
-            "UPDATE projects SET status = ?2, last_used_ms = ?3, image = ?4 WHERE name = ?1",
-            params![p.name.as_str(), p.status.as_str(), ms(p.last_used), p.image.as_str()],
+            "UPDATE projects SET status = ?2, last_used_ms = ?3, image = ?4, pending = ?5 WHERE name = ?1",
+            params![
+                p.name.as_str(),
+                p.status.as_str(),
+                ms(p.last_used),
+                p.image.as_str(),
+                p.pending.map(Pending::as_str)
+            ],
         )?;
         Ok(())
     }
@@ -166,6 +178,7 @@ struct Row {
     status: String,
     env: String,
     ports: String,
+    pending: Option<String>,
 }
 
 impl Row {
@@ -179,6 +192,7 @@ impl Row {
             status: r.get(5)?,
             env: r.get(6)?,
             ports: r.get(7)?,
+            pending: r.get(8)?,
         })
     }
 
@@ -195,6 +209,10 @@ impl Row {
             status: Status::parse(&self.status).ok_or_else(|| corrupt(format!("status {:?}", self.status)))?,
             env: EnvMap::parse(env).map_err(|e| corrupt(e.to_string()))?,
             ports: PortMap::parse(ports).map_err(|e| corrupt(e.to_string()))?,
+            pending: match self.pending.as_deref() {
+                None => None,
+                Some(s) => Some(Pending::parse(s).ok_or_else(|| corrupt(format!("pending {s:?}")))?),
+            },
             description: self.description,
             name,
         })
@@ -217,6 +235,7 @@ mod tests {
             env: EnvMap::parse_pairs(["A=1"]).unwrap(),
             ports: PortMap::parse_pairs(["8080:80"]).unwrap(),
             path: PathBuf::new(),
+            pending: None,
         }
     }
 
@@ -229,9 +248,11 @@ mod tests {
         assert!(matches!(store.insert(&p), Err(StoreError::Exists(n)) if n == "alpha"));
         p.status = Status::Running;
         p.last_used += time::Duration::seconds(5);
+        p.pending = Some(Pending::Purge);
         store.update(&p).unwrap();
         let got = store.get(&p.name).unwrap().unwrap();
         assert_eq!(got.status, Status::Running);
+        assert_eq!(got.pending, Some(Pending::Purge));
         assert_eq!(got.last_used, p.last_used);
         assert_eq!(got.env, p.env);
         assert_eq!(got.path, dir.path().join("projects/alpha"));
