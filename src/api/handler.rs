@@ -20,7 +20,7 @@ use crate::actors::registry::RegistryMsg;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::actors::{ask, Ctx};
 use crate::error::{Error, ErrorKind};
-use crate::model::{CreateSpec, Project, ProjectName};
+use crate::model::{CreateSpec, Project, ProjectName, Status};
 use crate::runtime::{Chunk, ExecSpec, RuntimeError, RuntimeKind};
 
 pub struct Service {
@@ -158,6 +158,12 @@ impl Service {
     async fn status(&self, name: &ProjectName) -> Result<Value, Error> {
         let p = self.row(name).await?;
         let rt = &self.ctx.runtimes;
+        if !rt.docker_available() && matches!(p.status, Status::Running | Status::Stopped) {
+            return Err(Error::new(
+                ErrorKind::RuntimeUnavailable,
+                format!("cannot read the status of project {name}: its container engine does not answer"),
+            ));
+        }
         let info = rt.primary().inspect(name).await.map_err(|e| {
             rt.note(&e);
             Error::from(e)

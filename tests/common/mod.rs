@@ -58,6 +58,8 @@ pub struct Daemon {
     pub state: PathBuf,
     pub config: PathBuf,
     pub prefix: String,
+    /// Extra environment for every start of the daemon.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -74,6 +76,19 @@ impl Daemon {
     /// Starts a daemon whose config is the defaults with the test image as default image,
     /// then `extra` TOML appended (sections included).
     pub fn start(extra: &str) -> Daemon {
+        Self::start_env(extra, &[])
+    }
+
+    /// Like `start`, with extra environment variables for berthd.
+    pub fn start_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Self::prepare(extra);
+        d.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        d.spawn();
+        d
+    }
+
+    /// Writes the config and picks the paths, without starting the daemon.
+    pub fn prepare(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("run/berth.sock");
         let state = dir.path().join("state");
@@ -85,15 +100,18 @@ impl Daemon {
         };
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("berthd.log");
-        let mut d = Daemon { dir, socket, state, config, prefix: prefix(), child: None, log };
-        d.spawn();
-        d
+        Daemon { dir, socket, state, config, prefix: prefix(), env: Vec::new(), child: None, log }
     }
 
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(berthd_bin())
-            .arg("--config")
+        let cmd = self.command();
+        self.spawn_command(cmd);
+    }
+
+    /// The berthd command line for this daemon.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(berthd_bin());
+        cmd.arg("--config")
             .arg(&self.config)
             .arg("--socket")
             .arg(&self.socket)
@@ -101,11 +119,14 @@ impl Daemon {
             .arg(&self.state)
             .env("BERTH_DEBUG_HOOKS", "1")
             .env("BERTH_LOG", "info,berth=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn berthd");
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// Starts `cmd` as this daemon and waits until it serves.
+    pub fn spawn_command(&mut self, mut cmd: Command) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("spawn berthd");
         self.child = Some(child);
         self.wait_ready();
     }

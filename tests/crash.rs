@@ -1,0 +1,266 @@
+//! Crashes and drift: kill -9 at random moments, containers changed behind berth's back.
+//! After every restart the registry and the engine must agree and nothing may be lost.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// A small deterministic generator: the seed is printed so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The containers of this test as the engine has them: project -> running.
+fn engine_view(prefix: &str) -> BTreeMap<String, bool> {
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=vega.managed-by=berth",
+        "--format",
+        "{{.Label \"vega.project\"}} {{.State}}",
+    ]);
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(p, _)| p.starts_with(prefix))
+        .map(|(p, s)| (p.to_string(), s == "running"))
+        .collect()
+}
+
+fn check_db(state: &Path) {
+    let conn = rusqlite::Connection::open(state.join("berth.db")).unwrap();
+    let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok");
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+}
+
+/// What must hold at once after a restart: nothing left `creating` or half-deleted, every
+/// row has its workspace, the database is sound.
+fn check_immediate(d: &Daemon, context: &str) {
+    for p in d.ok("project.list", json!({})).as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        assert_ne!(p["status"], "creating", "{context}: {name} left creating");
+        assert!(d.state.join("projects").join(name).is_dir(), "{context}: {name} has no workspace");
+    }
+    check_db(&d.state);
+}
+
+/// Registry and engine agree: every row's status matches its container, and every
+/// labelled container of this test has a row.
+fn agreement(d: &Daemon) -> Result<(), String> {
+    let rows = d.ok("project.list", json!({}));
+    let engine = engine_view(&d.prefix);
+    let mut names = BTreeSet::new();
+    for p in rows.as_array().unwrap() {
+        let name = p["name"].as_str().unwrap().to_string();
+        let status = p["status"].as_str().unwrap();
+        let running = engine.get(&name).copied();
+        let ok = match status {
+            "running" => running == Some(true),
+            "stopped" => running != Some(true),
+            "created" => running.is_none(),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("{name}: row {status}, engine {running:?}"));
+        }
+        names.insert(name);
+    }
+    match engine.keys().find(|c| !names.contains(*c)) {
+        Some(c) => Err(format!("container of {c} has no row")),
+        None => Ok(()),
+    }
+}
+
+/// The engine may still be finishing a call the dead daemon made (a stop, say); once it
+/// settles, a reconcile must bring the two into agreement.
+fn check_converges(d: &Daemon, context: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match agreement(d) {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{context}: {e}\nlog:\n{}", d.log_text()),
+            Err(_) => {
+                d.ok("janitor.reconcile", json!({}));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kill9_at_random_moments_loses_nothing() {
+    if !docker_available() {
+        return;
+    }
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("seed {seed}");
+    let mut rng = Rng(seed);
+    let mut d = Daemon::start("[janitor]\nreconcile_interval = \"1h\"\n");
+    let iterations = std::env::var("BERTH_KILL_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let mut made = 0;
+    for i in 0..iterations {
+        let existing: Vec<String> = d
+            .ok("project.list", json!({}))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        let pick = |rng: &mut Rng| existing.get(rng.below(existing.len().max(1) as u64) as usize).cloned();
+        let (method, params) = match (rng.below(7), pick(&mut rng)) {
+            (0, Some(n)) => ("project.stop", json!({"name": n})),
+            (1, Some(n)) => ("project.start", json!({"name": n})),
+            (2, Some(n)) => ("project.delete", json!({"name": n})),
+            (3, Some(n)) => ("project.delete", json!({"name": n, "purge": true})),
+            (4, Some(n)) => ("project.exec", json!({"name": n, "command": ["sh", "-c", "echo x >> log"]})),
+            _ => {
+                made += 1;
+                ("project.create", json!({"name": d.name(&format!("k{made}"))}))
+            }
+        };
+        // Send the request, then kill the daemon somewhere in the next 0-600 ms.
+        let mut c = d.client();
+        c.send_line(&json!({"jsonrpc":"2.0","id":1,"method":method,"params":params}).to_string());
+        std::thread::sleep(Duration::from_millis(rng.below(600)));
+        d.kill9();
+        d.spawn();
+        let context = format!("iteration {i} after {method} {params}");
+        check_immediate(&d, &context);
+        check_converges(&d, &context);
+    }
+    // And a clean converge: reconcile has nothing left to change.
+    assert_eq!(d.ok("janitor.reconcile", json!({}))["changed"], json!([]));
+}
+
+#[test]
+fn a_failed_create_keeps_a_workspace_that_existed_before() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("pre");
+    let ws = d.state.join("projects").join(&name);
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::write(ws.join("precious"), "keep me").unwrap();
+    let r = d.rpc("project.create", json!({"name": name, "image": "berth-test/no-such-image:1"}));
+    assert_eq!(r["error"]["data"]["kind"], "runtime_error", "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("berth-test/no-such-image:1"), "the error names the image: {msg}");
+    assert_eq!(std::fs::read_to_string(ws.join("precious")).unwrap(), "keep me");
+    assert_eq!(d.err_kind("project.get", json!({"name": name})), "not_found", "rolled back");
+
+    // A workspace the failed create made itself is removed again.
+    let fresh = d.name("fresh");
+    d.rpc("project.create", json!({"name": fresh, "image": "berth-test/no-such-image:1"}));
+    assert!(!d.state.join("projects").join(&fresh).exists());
+}
+
+#[test]
+fn drift_unlabelled_containers_are_untouched_and_orphans_are_adopted() {
+    if !docker_available() {
+        return;
+    }
+    let mut d = Daemon::start("[janitor]\nreconcile_interval = \"1h\"\n");
+    // Someone else's container: our project label (so the harness cleans it up) but not
+    // our managed-by label.
+    let foreign = format!("{}-foreign", d.prefix);
+    docker(&["run", "-d", "--name", &foreign, "--label", &format!("vega.project={foreign}"), IMAGE, "sleep", "300"]);
+
+    // A crash between container create and row commit: the row is gone, the container
+    // is there.
+    let orphan = d.name("orphan");
+    d.ok("project.create", json!({"name": orphan}));
+    d.kill9();
+    let conn = rusqlite::Connection::open(d.state.join("berth.db")).unwrap();
+    assert_eq!(conn.execute("DELETE FROM projects WHERE name = ?1", [&orphan]).unwrap(), 1);
+    drop(conn);
+    d.spawn();
+
+    let p = d.ok("project.get", json!({"name": orphan}));
+    assert_eq!(p["status"], "running", "adopted at start-up: {p}");
+    assert_eq!(d.ok("project.exec", json!({"name": orphan, "command": ["true"]}))["exit_code"], 0);
+    assert_eq!(docker_inspect(&foreign, "{{.State.Running}}").unwrap(), "true", "foreign container untouched");
+    assert_eq!(d.err_kind("project.get", json!({"name": foreign})), "not_found", "foreign not adopted");
+    assert_eq!(d.ok("janitor.reconcile", json!({}))["changed"], json!([]));
+    assert_eq!(docker_inspect(&foreign, "{{.State.Running}}").unwrap(), "true");
+}
+
+#[test]
+fn parallel_creates_of_one_name_have_exactly_one_winner() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("race");
+    let results: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = d.rpc("project.create", json!({"name": name}));
+                    if r.get("result").is_some() {
+                        "ok".to_string()
+                    } else {
+                        r["error"]["data"]["kind"].as_str().unwrap().to_string()
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|r| *r == "ok").count(), 1, "{results:?}");
+    assert_eq!(results.iter().filter(|r| *r == "already_exists").count(), 7, "{results:?}");
+    assert_eq!(engine_view(&d.prefix).len(), 1);
+}
+
+#[test]
+fn the_janitor_archives_and_idle_stops_on_its_schedule_but_never_during_an_exec() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("[janitor]\nstale_after = \"1s\"\narchive_interval = \"1s\"\n");
+    let busy = d.name("busy");
+    d.ok("project.create", json!({"name": busy}));
+    // A 4 s exec outlives stale_after several times over: the project must survive it.
+    let mut long = d.client();
+    long.send_line(
+        &json!({"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name": busy, "command":["sleep","4"]}})
+            .to_string(),
+    );
+    let done = long.read_msg();
+    assert_eq!(done["result"]["exit_code"], 0, "exec finished: {done}");
+    assert_eq!(d.ok("project.get", json!({"name": busy}))["name"], busy.as_str(), "not archived while running");
+    // Afterwards the scheduled sweep archives it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.rpc("project.get", json!({"name": busy})).get("result").is_some() {
+        assert!(Instant::now() < deadline, "never archived; log:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(engine_view(&d.prefix).is_empty(), "container removed");
+
+    let d2 = Daemon::start("[janitor]\nidle_stop_after = \"1s\"\nreconcile_interval = \"1s\"\n");
+    let idle = d2.name("idle");
+    d2.ok("project.create", json!({"name": idle}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d2.ok("project.get", json!({"name": idle}))["status"] != "stopped" {
+        assert!(Instant::now() < deadline, "never idle-stopped; log:\n{}", d2.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(engine_view(&d2.prefix).get(&idle), Some(&false), "stopped, not removed");
+}

@@ -1,0 +1,122 @@
+//! The systemd integration: unit files verify, READY/STOPPING/WATCHDOG notifications
+//! arrive, and socket activation serves on the listener systemd hands over.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn unit_files_verify() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("skipping: systemd-analyze is not installed");
+        return;
+    };
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    for unit in ["berthd.service", "berthd.socket"] {
+        let text = std::fs::read_to_string(format!("{}/systemd/{unit}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        // verify checks that ExecStart exists: point it at the binary under test.
+        let text = text.replace("/usr/local/bin/berthd", berthd_bin());
+        std::fs::write(dir.path().join(unit), text).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("berthd.service"))
+        .arg(dir.path().join("berthd.socket"))
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let service = std::fs::read_to_string(dir.path().join("berthd.service")).unwrap();
+    for line in ["Type=notify", "Restart=on-failure", "WatchdogSec=", "NoNewPrivileges=yes", "ReadWritePaths="] {
+        assert!(service.contains(line), "berthd.service has {line}");
+    }
+}
+
+fn recv_until(sock: &UnixDatagram, want: &str, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            let done = msg.lines().any(|l| l == want);
+            got.push(msg);
+            if done {
+                return got;
+            }
+        }
+    }
+    panic!("no {want} within {within:?}; got {got:?}");
+}
+
+#[test]
+fn notifies_ready_watchdog_and_stopping() {
+    // Needs no engine: READY comes after the registry is loaded and the first reconcile
+    // (which is a no-op without an engine).
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut d = Daemon::start_env(
+        &format!("[docker]\nhost = \"unix://{}/none.sock\"\n", dir.path().display()),
+        &[("NOTIFY_SOCKET", notify.to_str().unwrap()), ("WATCHDOG_USEC", "400000")],
+    );
+    recv_until(&sock, "READY=1", Duration::from_secs(10));
+    // The socket serves once READY is sent.
+    assert_eq!(d.ok("daemon.info", json!({}))["runtime"], "local");
+    // The watchdog is pinged at half the period while the supervisor answers.
+    recv_until(&sock, "WATCHDOG=1", Duration::from_secs(5));
+    assert_eq!(d.terminate(), 0);
+    // STOPPING came before the exit.
+    let mut buf = [0u8; 4096];
+    let mut seen = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        seen |= String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "STOPPING=1");
+    }
+    assert!(seen, "STOPPING=1 sent on shutdown");
+}
+
+#[test]
+fn socket_activation_serves_the_inherited_listener() {
+    let mut d = Daemon::prepare("[docker]\nhost = \"unix:///nonexistent/docker.sock\"\n");
+    std::fs::create_dir_all(d.socket.parent().unwrap()).unwrap();
+    let listener = UnixListener::bind(&d.socket).unwrap();
+    let fd = listener.as_raw_fd();
+    let inner = d.command();
+    // systemd's protocol: the listener is fd 3, LISTEN_FDS=1, LISTEN_PID is the daemon's
+    // pid (set by a shell that then execs berthd, keeping its pid).
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"").arg(inner.get_program()).args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 clears close-on-exec on the copy; if the listener already is fd 3, clear it.
+            let rc = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    d.spawn_command(cmd);
+    drop(listener);
+    assert_eq!(d.ok("daemon.info", json!({}))["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(d.terminate(), 0);
+    assert!(d.socket.exists(), "a socket systemd owns is left for systemd to remove");
+}
