@@ -1,0 +1,470 @@
+//! berth's benchmark: one run prints berth side by side with the raw Docker API on the same
+//! machine and the same containers.
+//!
+//!   cargo bench --bench berth_bench            # everything
+//!   cargo bench --bench berth_bench -- exec    # only the sections whose name matches
+//!
+//! Sections: `exec` (exec latency and throughput at concurrency 1, 8, 32 across 8
+//! projects, berth over the socket vs bollard direct), `status` (status/list latency while
+//! 32 long execs run), `restart` (restart to serving with 2,000 registered projects, and
+//! daemon RSS), `reconcile` (200 containers: berth's reconcile vs one raw list call vs one
+//! raw inspect per container). The raw baseline uses bollard directly; that is the point of
+//! a baseline, and why this file (not `src/`) imports it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use bollard::Docker;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::Mutex;
+
+const IMAGE: &str = "berth-test/busybox:latest";
+
+fn main() {
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wants = |s: &str| filter.is_empty() || filter.iter().any(|f| s.contains(f.as_str()));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/image/build.sh")).arg(IMAGE).status();
+        assert!(status.map(|s| s.success()).unwrap_or(false), "cannot build the test image");
+        let docker = Docker::connect_with_local_defaults().unwrap().negotiate_version().await.unwrap();
+        let v = docker.version().await.unwrap();
+        println!(
+            "# berth benchmark — engine {} (API {}), {} cores, berth {}",
+            v.version.unwrap_or_default(),
+            v.api_version.unwrap_or_default(),
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            env!("CARGO_PKG_VERSION")
+        );
+        if wants("exec") || wants("status") {
+            exec_and_status(&docker, &wants).await;
+        }
+        if wants("restart") {
+            restart_and_rss().await;
+        }
+        if wants("reconcile") {
+            reconcile(&docker).await;
+        }
+    });
+}
+
+// ---------------------------------------------------------------- the daemon under test
+
+struct Daemon {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    state: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+    prefix: String,
+}
+
+impl Daemon {
+    fn new(extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("berth.toml");
+        std::fs::write(&config, format!("[docker]\ndefault_image = \"{IMAGE}\"\n{extra}")).unwrap();
+        let prefix = format!("b{}", std::process::id());
+        Daemon {
+            socket: dir.path().join("berth.sock"),
+            state: dir.path().join("state"),
+            config,
+            child: None,
+            _dir: dir,
+            prefix,
+        }
+    }
+
+    /// Starts berthd; returns the time until it answered `daemon.info`.
+    async fn start(&mut self) -> Duration {
+        let t = Instant::now();
+        let child = Command::new(env!("CARGO_BIN_EXE_berthd"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .env("BERTH_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        loop {
+            if let Ok(mut c) = Client::connect(&self.socket).await {
+                if c.call("daemon.info", json!({})).await.get("result").is_some() {
+                    return t.elapsed();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(t.elapsed() < Duration::from_secs(60), "berthd did not start");
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn name(&self, s: &str) -> String {
+        format!("{}-{s}", self.prefix)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        remove_containers(&self.prefix);
+    }
+}
+
+fn remove_containers(prefix: &str) {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "--filter", "label=vega.project", "--format", "{{.ID}} {{.Label \"vega.project\"}}"])
+        .output()
+        .unwrap();
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, p)| p.starts_with(prefix))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    for chunk in ids.chunks(50) {
+        let _ = Command::new("docker").arg("rm").arg("-f").args(chunk).stdout(Stdio::null()).status();
+    }
+}
+
+struct Client {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+    id: u64,
+    line: String,
+}
+
+impl Client {
+    async fn connect(path: &Path) -> std::io::Result<Client> {
+        let (r, w) = UnixStream::connect(path).await?.into_split();
+        Ok(Client { reader: BufReader::new(r), writer: w, id: 0, line: String::new() })
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.id += 1;
+        let req = json!({"jsonrpc": "2.0", "id": self.id, "method": method, "params": params}).to_string() + "\n";
+        self.writer.write_all(req.as_bytes()).await.unwrap();
+        loop {
+            self.line.clear();
+            assert!(self.reader.read_line(&mut self.line).await.unwrap() > 0, "berthd closed the connection");
+            let v: Value = serde_json::from_str(&self.line).unwrap();
+            if v.get("id") == Some(&json!(self.id)) {
+                return v;
+            }
+        }
+    }
+
+    async fn ok(&mut self, method: &str, params: Value) -> Value {
+        let r = self.call(method, params.clone()).await;
+        r.get("result").cloned().unwrap_or_else(|| panic!("{method} {params}: {r}"))
+    }
+}
+
+// ---------------------------------------------------------------- statistics
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+    per_sec: f64,
+}
+
+fn stats(mut lat: Vec<Duration>, wall: Duration) -> Stats {
+    lat.sort();
+    let pick = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
+    Stats { p50: pick(0.50), p99: pick(0.99), per_sec: lat.len() as f64 / wall.as_secs_f64() }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+// ---------------------------------------------------------------- exec and status
+
+async fn raw_exec(docker: &Docker, container: &str, cmd: &[&str]) -> i64 {
+    let opts = CreateExecOptions {
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+        working_dir: Some("/workspace".to_string()),
+        ..Default::default()
+    };
+    let created = docker.create_exec(container, opts).await.unwrap();
+    if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&created.id, None).await.unwrap() {
+        while output.next().await.is_some() {}
+    }
+    loop {
+        let i = docker.inspect_exec(&created.id).await.unwrap();
+        if i.running != Some(true) {
+            if let Some(c) = i.exit_code {
+                return c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Runs `total` execs with `conc` workers; returns per-exec latencies and the wall time.
+async fn run_load(
+    conc: usize,
+    total: usize,
+    projects: &Arc<Vec<String>>,
+    docker: Option<&Docker>,
+    socket: &Path,
+) -> (Vec<Duration>, Duration) {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let t = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..conc {
+        let (next, lat, projects) = (next.clone(), lat.clone(), projects.clone());
+        let docker = docker.cloned();
+        let socket = socket.to_path_buf();
+        workers.push(tokio::spawn(async move {
+            let mut client = if docker.is_none() { Some(Client::connect(&socket).await.unwrap()) } else { None };
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= total {
+                    break;
+                }
+                let p = &projects[i % projects.len()];
+                let t = Instant::now();
+                match (&docker, client.as_mut()) {
+                    (Some(d), _) => assert_eq!(raw_exec(d, &format!("berth-{p}"), &["true"]).await, 0),
+                    (None, Some(c)) => {
+                        let r = c.ok("project.exec", json!({"name": p, "command": ["true"]})).await;
+                        assert_eq!(r["exit_code"], 0);
+                    }
+                    _ => unreachable!(),
+                }
+                lat.lock().await.push(t.elapsed());
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let wall = t.elapsed();
+    let lat = std::mem::take(&mut *lat.lock().await);
+    (lat, wall)
+}
+
+async fn exec_and_status(docker: &Docker, wants: &dyn Fn(&str) -> bool) {
+    let mut d = Daemon::new("");
+    d.start().await;
+    let mut c = Client::connect(&d.socket).await.unwrap();
+    let projects: Vec<String> = (0..8).map(|i| d.name(&format!("p{i}"))).collect();
+    for p in &projects {
+        c.ok("project.create", json!({"name": p})).await;
+    }
+    let projects = Arc::new(projects);
+    if wants("exec") {
+        println!("\n## exec: `true` in 8 projects, berth over the socket vs raw bollard exec");
+        println!("| concurrency | execs | raw p50 | berth p50 | p50 ratio | raw p99 | berth p99 | raw exec/s | berth exec/s | throughput ratio |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        // Warm both paths.
+        run_load(4, 40, &projects, Some(docker), &d.socket).await;
+        run_load(4, 40, &projects, None, &d.socket).await;
+        for (conc, total) in [(1usize, 300usize), (8, 600), (32, 800)] {
+            // Alternate halves so that drift on the machine hits both sides alike.
+            let (mut raw_l, mut raw_w) = (Vec::new(), Duration::ZERO);
+            let (mut b_l, mut b_w) = (Vec::new(), Duration::ZERO);
+            for _ in 0..2 {
+                let (l, w) = run_load(conc, total / 2, &projects, Some(docker), &d.socket).await;
+                raw_l.extend(l);
+                raw_w += w;
+                let (l, w) = run_load(conc, total / 2, &projects, None, &d.socket).await;
+                b_l.extend(l);
+                b_w += w;
+            }
+            let raw = stats(raw_l, raw_w);
+            let b = stats(b_l, b_w);
+            println!(
+                "| {conc} | {total} | {} | {} | {:.3} | {} | {} | {:.0} | {:.0} | {:.3} |",
+                ms(raw.p50),
+                ms(b.p50),
+                b.p50.as_secs_f64() / raw.p50.as_secs_f64(),
+                ms(raw.p99),
+                ms(b.p99),
+                raw.per_sec,
+                b.per_sec,
+                b.per_sec / raw.per_sec
+            );
+        }
+    }
+    if wants("status") {
+        println!("\n## status and list while 32 long execs run (`sleep 8`, 4 per project)");
+        let mut longs = Vec::new();
+        for i in 0..32 {
+            let (socket, p) = (d.socket.clone(), projects[i % 8].clone());
+            longs.push(tokio::spawn(async move {
+                let mut c = Client::connect(&socket).await.unwrap();
+                c.ok("project.exec", json!({"name": p, "command": ["sleep", "8"]})).await
+            }));
+        }
+        // Let all 32 start.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut status_l = Vec::new();
+        let mut list_l = Vec::new();
+        let mut raw_l = Vec::new();
+        let t0 = Instant::now();
+        for i in 0..200 {
+            let p = &projects[i % 8];
+            let t = Instant::now();
+            c.ok("project.status", json!({"name": p})).await;
+            status_l.push(t.elapsed());
+            let t = Instant::now();
+            c.ok("project.list", json!({})).await;
+            list_l.push(t.elapsed());
+            let t = Instant::now();
+            docker.inspect_container(&format!("berth-{p}"), None).await.unwrap();
+            raw_l.push(t.elapsed());
+        }
+        let wall = t0.elapsed();
+        let (s, l, r) = (stats(status_l, wall), stats(list_l, wall), stats(raw_l, wall));
+        println!("| call | p50 | p99 |\n|---|---|---|");
+        println!("| raw inspect_container | {} | {} |", ms(r.p50), ms(r.p99));
+        println!("| berth project.status | {} | {} |", ms(s.p50), ms(s.p99));
+        println!("| berth project.list | {} | {} |", ms(l.p50), ms(l.p99));
+        for l in longs {
+            assert_eq!(l.await.unwrap()["exit_code"], 0);
+        }
+        println!("\nberthd RSS after these runs (8 projects): {} KiB", d.rss_kib());
+    }
+    d.stop();
+}
+
+// ---------------------------------------------------------------- restart and memory
+
+async fn restart_and_rss() {
+    // Register projects without an engine (no containers needed to count as registered).
+    let mut d = Daemon::new("host = \"unix:///nonexistent/docker.sock\"\n");
+    d.start().await;
+    let base = d.rss_kib();
+    let mut c = Client::connect(&d.socket).await.unwrap();
+    for i in 0..1000 {
+        c.ok("project.create", json!({"name": d.name(&format!("r{i}"))})).await;
+    }
+    let rss_1000 = d.rss_kib();
+    for i in 1000..2000 {
+        c.ok("project.create", json!({"name": d.name(&format!("r{i}"))})).await;
+    }
+    let rss_2000 = d.rss_kib();
+    drop(c);
+    d.stop();
+    println!("\n## restart and memory");
+    println!("| measure | value |\n|---|---|");
+    println!("| berthd RSS, empty | {base} KiB |");
+    println!("| berthd RSS, 1,000 projects created (1,000 live project actors) | {rss_1000} KiB |");
+    println!("| berthd RSS, 2,000 projects created | {rss_2000} KiB |");
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(d.start().await);
+        d.stop();
+    }
+    // With the engine answering (the real start-up reconcile).
+    std::fs::write(&d.config, format!("[docker]\ndefault_image = \"{IMAGE}\"\n")).unwrap();
+    let mut with_engine = Vec::new();
+    for _ in 0..5 {
+        with_engine.push(d.start().await);
+        d.stop();
+    }
+    let rss_restart = {
+        d.start().await;
+        let r = d.rss_kib();
+        d.stop();
+        r
+    };
+    runs.sort();
+    with_engine.sort();
+    println!("| restart to serving, 2,000 projects, no engine (median of 5) | {} |", ms(runs[2]));
+    println!("| restart to serving, 2,000 projects, engine answering (median of 5) | {} |", ms(with_engine[2]));
+    println!("| berthd RSS right after that restart (2,000 rows) | {rss_restart} KiB |");
+}
+
+// ---------------------------------------------------------------- reconcile
+
+async fn reconcile(docker: &Docker) {
+    let mut d = Daemon::new("[janitor]\nreconcile_interval = \"1h\"\n");
+    d.start().await;
+    let names: Vec<String> = (0..200).map(|i| d.name(&format!("c{i}"))).collect();
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in names.chunks(25) {
+        let (socket, chunk) = (d.socket.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&socket).await.unwrap();
+            for n in chunk {
+                c.ok("project.create", json!({"name": n})).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let made = t.elapsed();
+    let mut c = Client::connect(&d.socket).await.unwrap();
+    let mut berth = Vec::new();
+    let mut list = Vec::new();
+    let mut inspects = Vec::new();
+    let filters = HashMap::from([("label", vec!["vega.managed-by=berth"])]);
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = c.ok("janitor.reconcile", json!({})).await;
+        assert_eq!(r["changed"], json!([]));
+        berth.push(t.elapsed());
+        let t = Instant::now();
+        let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let got = docker.list_containers(Some(opts)).await.unwrap();
+        assert!(got.len() >= 200);
+        list.push(t.elapsed());
+        let t = Instant::now();
+        for n in &names {
+            docker.inspect_container(&format!("berth-{n}"), None).await.unwrap();
+        }
+        inspects.push(t.elapsed());
+    }
+    berth.sort();
+    list.sort();
+    inspects.sort();
+    println!("\n## reconcile of 200 containers (created in {:.1} s, 8 at a time)", made.as_secs_f64());
+    println!("| method | median of 5 |\n|---|---|");
+    println!("| raw: one list_containers call | {} |", ms(list[2]));
+    println!("| raw: one inspect_container per project (200 calls) | {} |", ms(inspects[2]));
+    println!("| berth janitor.reconcile (one list + registry compare) | {} |", ms(berth[2]));
+    println!("| ratio berth / raw list | {:.2} |", berth[2].as_secs_f64() / list[2].as_secs_f64());
+    println!("| ratio berth / raw inspects | {:.2} |", berth[2].as_secs_f64() / inspects[2].as_secs_f64());
+    drop(c);
+    d.stop();
+}
