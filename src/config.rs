@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::model::Profile;
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/berth.toml";
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ContainerConfig {
+    /// `default` (capabilities dropped to what package installs need) or `strict` (all
+    /// dropped, read-only root filesystem).
+    pub profile: Profile,
     /// Memory limit per container; "0" for none.
     pub memory: Size,
     /// Process limit per container; 0 for none.
@@ -173,7 +178,7 @@ impl Default for ServerConfig {
 
 impl Default for ContainerConfig {
     fn default() -> Self {
-        Self { memory: Size(4 << 30), pids_limit: 1024, cpus: 0.0 }
+        Self { profile: Profile::Default, memory: Size(4 << 30), pids_limit: 1024, cpus: 0.0 }
     }
 }
 
@@ -198,6 +203,19 @@ impl Config {
     fn check(&self) -> Result<(), ConfigError> {
         crate::model::ImageRef::parse(&self.docker.default_image)
             .map_err(|e| ConfigError::Invalid(format!("docker.default_image: {e}")))?;
+        let net = &self.docker.network;
+        if net.is_empty() || net == "host" || net == "none" || net.starts_with("container:") {
+            return Err(ConfigError::Invalid(format!(
+                "docker.network {net:?} must name a bridge network (never host, none or container:)"
+            )));
+        }
+        let limits = crate::model::Limits {
+            memory: Some(self.container.memory.0),
+            pids_limit: Some(self.container.pids_limit),
+            cpus: Some(self.container.cpus),
+            ..Default::default()
+        };
+        limits.check().map_err(|e| ConfigError::Invalid(format!("[container]: {e}")))?;
         self.socket_mode()?;
         for (key, d) in [
             ("janitor.reconcile_interval", self.janitor.reconcile_interval.0),
@@ -212,9 +230,6 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "server.max_connections and server.max_in_flight must be at least 1".into(),
             ));
-        }
-        if self.container.cpus < 0.0 {
-            return Err(ConfigError::Invalid(format!("container.cpus {} is negative", self.container.cpus)));
         }
         Ok(())
     }
@@ -391,6 +406,12 @@ mod tests {
         assert!(e.contains("12XB"), "{e}");
         let e = Config::parse("[server]\nsocket_mode = \"999\"\n").unwrap_err();
         assert!(e.contains("999"), "{e}");
+        let e = Config::parse("[docker]\nnetwork = \"host\"\n").unwrap_err();
+        assert!(e.contains("\"host\""), "{e}");
+        let e = Config::parse("[container]\nprofile = \"loose\"\n").unwrap_err();
+        assert!(e.contains("loose"), "{e}");
+        let e = Config::parse("[container]\ncpus = -1.0\n").unwrap_err();
+        assert!(e.contains("-1"), "{e}");
         let c = Config::parse("[janitor]\nidle_stop_after = \"2h\"\n").unwrap();
         assert_eq!(c.janitor.idle_stop_after.0, Some(Duration::from_secs(7200)));
     }

@@ -114,7 +114,21 @@ fn activated_listener() -> anyhow::Result<Option<UnixListener>> {
     Ok(Some(UnixListener::from_std(std_listener)?))
 }
 
+/// Raises the soft open-files limit to the hard one: each connection is a descriptor, and
+/// the daemon serves `server.max_connections` of them.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    raise_fd_limit();
     let config = Config::load(args.config.as_deref())?;
     let state_dir = config::resolve_state_dir(args.state_dir.as_deref(), config.state_dir.as_deref());
     let socket = config::resolve_socket(args.socket.as_deref(), config.socket.as_deref());

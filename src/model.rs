@@ -305,6 +305,7 @@ pub struct Project {
     /// A multi-step change under way, journaled so that a crash part-way is finished on
     /// restart. Not part of the wire view.
     pub pending: Option<Pending>,
+    pub limits: Limits,
 }
 
 /// A journaled multi-step change of a project.
@@ -346,6 +347,7 @@ impl Serialize for Project {
             env: &'a BTreeMap<String, String>,
             ports: BTreeMap<String, String>,
             path: String,
+            limits: &'a Limits,
         }
         Wire {
             name: self.name.as_str(),
@@ -357,6 +359,7 @@ impl Serialize for Project {
             env: self.env.as_map(),
             ports: self.ports.to_wire(),
             path: self.path.display().to_string(),
+            limits: &self.limits,
         }
         .serialize(s)
     }
@@ -377,6 +380,70 @@ pub struct CreateSpec {
     pub description: String,
     pub env: EnvMap,
     pub ports: PortMap,
+    pub limits: Limits,
+}
+
+/// How much a container may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// All capabilities dropped but the few package installs need (see
+    /// `runtime::docker::DEFAULT_CAPS`).
+    Default,
+    /// Every capability dropped, root filesystem read-only (only `/workspace` and a
+    /// `/tmp` tmpfs are writable).
+    Strict,
+}
+
+impl Profile {
+    pub fn parse(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "default" => Ok(Profile::Default),
+            "strict" => Ok(Profile::Strict),
+            _ => Err(ModelError::Param(format!("invalid profile {s:?}: must be \"default\" or \"strict\""))),
+        }
+    }
+}
+
+/// A project's own container settings; `None` means the daemon's `[container]` default.
+/// Stored with the project and applied whenever its container is (re)made.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+    /// `Some(true)`: no network at all (`network = "none"`), for offline work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offline: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+}
+
+impl Limits {
+    /// Checks ranges: memory at least 6 MiB (the engine's floor) or 0 for none, pids
+    /// 0 (none) or at least 8, cpus between 0 and 1024.
+    pub fn check(&self) -> Result<(), ModelError> {
+        if let Some(m) = self.memory {
+            if m != 0 && m < 6 << 20 {
+                return Err(ModelError::Param(format!("invalid memory {m}: at least 6MiB, or 0 for no limit")));
+            }
+        }
+        if let Some(p) = self.pids_limit {
+            if p != 0 && !(8..=1 << 22).contains(&p) {
+                return Err(ModelError::Param(format!("invalid pids_limit {p}: 8 to 4194304, or 0 for no limit")));
+            }
+        }
+        if let Some(c) = self.cpus {
+            if !(0.0..=1024.0).contains(&c) || c.is_nan() {
+                return Err(ModelError::Param(format!("invalid cpus {c}: 0 (no limit) to 1024")));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -70,6 +70,7 @@ impl Workspaces {
     /// Moves the workspace to `archive/<name>-<UTC timestamp>[-N]`, never overwriting an
     /// earlier archive. `None` when there was no workspace to move.
     pub fn archive(&self, name: &ProjectName, now: OffsetDateTime) -> Result<Option<PathBuf>, WorkspaceError> {
+        check_real_dir(&self.projects)?;
         let src = self.path(name);
         if std::fs::symlink_metadata(&src).is_err() {
             return Ok(None);
@@ -110,6 +111,7 @@ impl Workspaces {
     /// Deletes the workspace and everything in it. Symlinks inside are removed, not
     /// followed (std's `remove_dir_all` does not follow them).
     pub fn purge(&self, name: &ProjectName) -> Result<(), WorkspaceError> {
+        check_real_dir(&self.projects)?;
         let path = self.path(name);
         if std::fs::symlink_metadata(&path).is_err() {
             return Ok(());
@@ -177,5 +179,30 @@ mod tests {
         assert!(matches!(ws.purge(&n), Err(WorkspaceError::NotADir(_))));
         assert!(matches!(ws.archive(&n, OffsetDateTime::now_utc()), Err(WorkspaceError::NotADir(_))));
         assert!(outside.path().join("keep").exists());
+    }
+
+    #[test]
+    fn a_symlinked_projects_dir_is_refused_for_every_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("evil");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("keep"), "x").unwrap();
+        let ws = Workspaces::open(dir.path()).unwrap();
+        std::fs::remove_dir(dir.path().join("projects")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("projects")).unwrap();
+        let n = name("evil");
+        assert!(matches!(ws.ensure(&n), Err(WorkspaceError::NotADir(_))));
+        assert!(matches!(ws.purge(&n), Err(WorkspaceError::NotADir(_))));
+        assert!(matches!(ws.archive(&n, OffsetDateTime::now_utc()), Err(WorkspaceError::NotADir(_))));
+        assert!(victim.join("keep").exists(), "nothing outside the state dir was touched");
+        // And a symlinked archive dir.
+        std::fs::remove_file(dir.path().join("projects")).unwrap();
+        std::fs::create_dir(dir.path().join("projects")).unwrap();
+        ws.ensure(&n).unwrap();
+        std::fs::remove_dir(dir.path().join("archive")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("archive")).unwrap();
+        assert!(matches!(ws.archive(&n, OffsetDateTime::now_utc()), Err(WorkspaceError::NotADir(_))));
+        assert!(ws.path(&n).is_dir(), "workspace stays where it was");
     }
 }

@@ -168,8 +168,14 @@ impl ProjectState {
     }
 
     async fn ensure_container(&self, p: &Project) -> Result<Option<ContainerInfo>, Error> {
-        let spec =
-            ContainerSpec { project: &p.name, image: &p.image, env: &p.env, ports: &p.ports, workspace: &p.path };
+        let spec = ContainerSpec {
+            project: &p.name,
+            image: &p.image,
+            env: &p.env,
+            ports: &p.ports,
+            workspace: &p.path,
+            limits: &p.limits,
+        };
         self.ctx.runtimes.docker.ensure_running(&spec).await.map_err(|e| self.engine_err(e))
     }
 
@@ -196,6 +202,7 @@ impl ProjectState {
             ports: spec.ports,
             path: self.ctx.workspaces.path(&self.name),
             pending: None,
+            limits: spec.limits,
         };
         // The row goes in first (as `creating`): a crash from here on leaves a row that
         // the next start-up finishes, never a container nobody knows.
@@ -466,6 +473,7 @@ impl ProjectState {
             ports: Default::default(),
             path: self.ctx.workspaces.path(&self.name),
             pending: None,
+            limits: Default::default(),
         };
         self.ctx.workspaces.ensure(&self.name)?;
         let row = p.clone();

@@ -204,6 +204,7 @@ impl Service {
             description: String::new(),
             env: Default::default(),
             ports: Default::default(),
+            limits: Default::default(),
         });
         let actor = self.project(&e.name).await?;
         ask(&actor, &format!("project {}", e.name), self.ctx.lifecycle_timeout(), |reply| ProjectMsg::PrepareExec {

@@ -14,9 +14,11 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::config::Config;
+use crate::config::{Config, Size};
 use crate::error::{Error, ErrorKind};
-use crate::model::{parse_duration, CreateSpec, EnvMap, ImageRef, ModelError, PortMap, ProjectName, Workdir};
+use crate::model::{
+    parse_duration, CreateSpec, EnvMap, ImageRef, Limits, ModelError, PortMap, Profile, ProjectName, Workdir,
+};
 use crate::runtime::{ExecOutcome, RuntimeKind, StreamKind};
 
 /// Largest `tail` a logs request may ask for.
@@ -119,6 +121,12 @@ struct CreateParams {
     description: Option<String>,
     env: Option<BTreeMap<String, String>>,
     ports: Option<BTreeMap<String, String>>,
+    /// Extensions: this project's container settings over the daemon's defaults.
+    profile: Option<String>,
+    network: Option<String>,
+    memory: Option<String>,
+    pids_limit: Option<i64>,
+    cpus: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -216,12 +224,34 @@ fn parse_request(method: &str, p: Value, config: &Config, debug_hooks: bool) -> 
         "janitor.archive_stale" => params::<NoParams>(m, p).map(|_| Request::ArchiveStale)?,
         "project.create" | "project.get_or_create" => {
             let c: CreateParams = params(m, p)?;
+            let limits = Limits {
+                profile: c.profile.as_deref().map(Profile::parse).transpose()?,
+                offline: match c.network.as_deref() {
+                    None => None,
+                    Some("none") => Some(true),
+                    Some("default") => Some(false),
+                    Some(other) => {
+                        return Err(Error::invalid_params(format!(
+                            "invalid network {other:?}: must be \"none\" or \"default\""
+                        )))
+                    }
+                },
+                memory: c
+                    .memory
+                    .as_deref()
+                    .map(|m| Size::parse(m).map(|s| s.0).map_err(Error::invalid_params))
+                    .transpose()?,
+                pids_limit: c.pids_limit,
+                cpus: c.cpus,
+            };
+            limits.check()?;
             let spec = CreateSpec {
                 name: name(&c.name)?,
                 image: c.image.as_deref().map(ImageRef::parse).transpose()?,
                 description: c.description.unwrap_or_default(),
                 env: EnvMap::parse(c.env.unwrap_or_default())?,
                 ports: PortMap::parse(c.ports.unwrap_or_default())?,
+                limits,
             };
             if spec.description.len() > 4096 {
                 return Err(Error::invalid_params("description is longer than 4096 bytes"));

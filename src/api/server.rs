@@ -100,8 +100,9 @@ pub async fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixList
             std::fs::create_dir_all(dir).map_err(io)?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
         }
+        // Anyone who can write the directory could swap the socket for their own.
         let m = std::fs::metadata(dir).map_err(io)?.permissions().mode();
-        if m & 0o002 != 0 && m & 0o1000 == 0 {
+        if m & 0o002 != 0 {
             return Err(BindError::WorldWritable(dir.to_path_buf()));
         }
     }

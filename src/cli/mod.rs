@@ -247,11 +247,14 @@ impl Conn {
     /// notifications as they come. `Ok(Err(error object))` for a protocol error.
     async fn call(&mut self, method: &str, params: Value, stream: bool) -> std::io::Result<Result<Value, Value>> {
         let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        self.writer.write_all(format!("{req}\n").as_bytes()).await?;
+        // A daemon that refuses the peer answers and closes before reading; the write then
+        // fails, but its answer is still there to read.
+        let sent = self.writer.write_all(format!("{req}\n").as_bytes()).await;
         let mut line = String::new();
         loop {
             line.clear();
             if self.reader.read_line(&mut line).await? == 0 {
+                sent?;
                 return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "berthd closed the connection"));
             }
             let v: Value = serde_json::from_str(&line)
@@ -263,7 +266,10 @@ impl Conn {
                 continue;
             }
             if let Some(err) = v.get("error") {
-                return Ok(Err(err.clone()));
+                // Ours, or a refusal of the whole connection (id null).
+                if v.get("id") == Some(&json!(1)) || v.get("id").is_none_or(Value::is_null) {
+                    return Ok(Err(err.clone()));
+                }
             }
             if v.get("id") == Some(&json!(1)) {
                 return Ok(Ok(v.get("result").cloned().unwrap_or(Value::Null)));

@@ -40,7 +40,7 @@ use super::{
     StreamKind,
 };
 use crate::config::Config;
-use crate::model::ProjectName;
+use crate::model::{Profile, ProjectName};
 
 /// Keeps the container alive in any image with a POSIX shell; exits at once on SIGTERM
 /// so that stops are quick instead of waiting out the stop timeout.
@@ -66,6 +66,12 @@ while [ $n -lt 50 ]; do
 done
 exit 1"#;
 
+/// Capabilities kept in the `default` profile: what package managers need (apt drops to
+/// its own user, dpkg sets owners and modes, npm and pip write as other users) and killing
+/// a command's own tree. Everything else Docker grants by default (NET_RAW, MKNOD,
+/// AUDIT_WRITE, SYS_CHROOT, SETPCAP, SETFCAP) is dropped. `strict` keeps none.
+pub const DEFAULT_CAPS: &[&str] = &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID"];
+
 /// How long output is still read after the command's tree was killed.
 const DRAIN_AFTER_KILL: Duration = Duration::from_secs(2);
 
@@ -78,6 +84,8 @@ pub struct DockerSettings {
     pub api_timeout: Duration,
     pub pull_timeout: Duration,
     pub stop_timeout: Duration,
+    /// The `[container]` defaults; a project's `Limits` override them.
+    pub profile: Profile,
     pub memory: u64,
     pub pids_limit: i64,
     pub cpus: f64,
@@ -97,6 +105,7 @@ impl DockerSettings {
             api_timeout: c.docker.api_timeout.0,
             pull_timeout: c.docker.pull_timeout.0,
             stop_timeout: c.docker.stop_timeout.0,
+            profile: c.container.profile,
             memory: c.container.memory.0,
             pids_limit: c.container.pids_limit,
             cpus: c.container.cpus,
@@ -281,16 +290,35 @@ impl DockerRuntime {
                 Some(vec![PortBinding { host_ip: None, host_port: Some(host.to_string()) }]),
             );
         }
+        let l = spec.limits;
+        let profile = l.profile.unwrap_or(s.profile);
+        let memory = l.memory.unwrap_or(s.memory);
+        let pids = l.pids_limit.unwrap_or(s.pids_limit);
+        let cpus = l.cpus.unwrap_or(s.cpus);
+        let offline = l.offline.unwrap_or(false);
+        let (cap_add, readonly, tmpfs) = match profile {
+            Profile::Default => (DEFAULT_CAPS.iter().map(|c| c.to_string()).collect(), false, None),
+            Profile::Strict => {
+                (Vec::new(), true, Some(HashMap::from([("/tmp".to_string(), "rw,nosuid,nodev,size=256m".to_string())])))
+            }
+        };
         let host_config = HostConfig {
             init: Some(true),
-            network_mode: Some(s.network.clone()),
+            network_mode: Some(if offline { "none".into() } else { s.network.clone() }),
+            // The workspace is the only mount; the engine's socket never is.
             binds: Some(vec![format!("{}:/workspace:rw", spec.workspace.display())]),
-            port_bindings: Some(port_bindings),
+            port_bindings: if offline { None } else { Some(port_bindings) },
             security_opt: Some(vec!["no-new-privileges".into()]),
             privileged: Some(false),
-            memory: (s.memory > 0).then_some(s.memory as i64),
-            pids_limit: (s.pids_limit > 0).then_some(s.pids_limit),
-            nano_cpus: (s.cpus > 0.0).then_some((s.cpus * 1e9) as i64),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(cap_add),
+            readonly_rootfs: Some(readonly),
+            tmpfs,
+            memory: (memory > 0).then_some(memory as i64),
+            // Without a swap limit equal to memory, the container could swap past it.
+            memory_swap: (memory > 0).then_some(memory as i64),
+            pids_limit: (pids > 0).then_some(pids),
+            nano_cpus: (cpus > 0.0).then_some((cpus * 1e9) as i64),
             // Containers come back after an engine restart, unless berth stopped them.
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
@@ -305,7 +333,7 @@ impl DockerRuntime {
             env: Some(spec.env.to_docker()),
             labels: Some(labels),
             working_dir: Some("/workspace".into()),
-            exposed_ports: Some(exposed),
+            exposed_ports: if offline { None } else { Some(exposed) },
             host_config: Some(host_config),
             ..Default::default()
         }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{EnvMap, ImageRef, PortMap, ProjectName, Workdir};
+use crate::model::{EnvMap, ImageRef, Limits, PortMap, ProjectName, Workdir};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
@@ -60,6 +60,8 @@ pub struct ContainerSpec<'a> {
     pub env: &'a EnvMap,
     pub ports: &'a PortMap,
     pub workspace: &'a Path,
+    /// The project's own settings over the daemon's `[container]` defaults.
+    pub limits: &'a Limits,
 }
 
 /// A container as the engine reports it.

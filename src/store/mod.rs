@@ -44,6 +44,9 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE projects ADD COLUMN pending TEXT;
 "#,
+    r#"
+    ALTER TABLE projects ADD COLUMN limits TEXT NOT NULL DEFAULT '{}';
+"#,
 ];
 
 pub struct Store {
@@ -87,7 +90,7 @@ impl Store {
 
     pub fn list(&self) -> Result<Vec<Project>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT name, description, image, created_ms, last_used_ms, status, env, ports, pending
+            "SELECT name, description, image, created_ms, last_used_ms, status, env, ports, pending, limits
              FROM projects ORDER BY name",
         )?;
         let rows = stmt.query_map([], Row::read)?;
@@ -100,7 +103,7 @@ impl Store {
 
     pub fn get(&self, name: &ProjectName) -> Result<Option<Project>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT name, description, image, created_ms, last_used_ms, status, env, ports, pending
+            "SELECT name, description, image, created_ms, last_used_ms, status, env, ports, pending, limits
              FROM projects WHERE name = ?1",
         )?;
         let row = stmt.query_row([name.as_str()], Row::read).optional()?;
@@ -110,8 +113,8 @@ impl Store {
     /// Inserts a new row; `Exists` if the name is taken.
     pub fn insert(&self, p: &Project) -> Result<(), StoreError> {
         let n = self.conn.execute(
-            "INSERT INTO projects (name, description, image, created_ms, last_used_ms, status, env, ports, pending)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT(name) DO NOTHING",
+            "INSERT INTO projects (name, description, image, created_ms, last_used_ms, status, env, ports, pending, limits)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(name) DO NOTHING",
             params![
                 p.name.as_str(),
                 p.description,
@@ -122,6 +125,7 @@ impl Store {
                 json(p.env.as_map()),
                 json(&p.ports.to_wire()),
                 p.pending.map(Pending::as_str),
+                serde_json::to_string(&p.limits).unwrap_or_else(|_| "{}".into()),
             ],
         )?;
         if n == 0 {
@@ -179,6 +183,7 @@ struct Row {
     env: String,
     ports: String,
     pending: Option<String>,
+    limits: String,
 }
 
 impl Row {
@@ -193,6 +198,7 @@ impl Row {
             env: r.get(6)?,
             ports: r.get(7)?,
             pending: r.get(8)?,
+            limits: r.get(9)?,
         })
     }
 
@@ -209,6 +215,7 @@ impl Row {
             status: Status::parse(&self.status).ok_or_else(|| corrupt(format!("status {:?}", self.status)))?,
             env: EnvMap::parse(env).map_err(|e| corrupt(e.to_string()))?,
             ports: PortMap::parse(ports).map_err(|e| corrupt(e.to_string()))?,
+            limits: serde_json::from_str(&self.limits).map_err(|e| corrupt(format!("limits: {e}")))?,
             pending: match self.pending.as_deref() {
                 None => None,
                 Some(s) => Some(Pending::parse(s).ok_or_else(|| corrupt(format!("pending {s:?}")))?),
@@ -236,6 +243,7 @@ mod tests {
             ports: PortMap::parse_pairs(["8080:80"]).unwrap(),
             path: PathBuf::new(),
             pending: None,
+            limits: crate::model::Limits { offline: Some(true), ..Default::default() },
         }
     }
 
@@ -253,12 +261,30 @@ mod tests {
         let got = store.get(&p.name).unwrap().unwrap();
         assert_eq!(got.status, Status::Running);
         assert_eq!(got.pending, Some(Pending::Purge));
+        assert_eq!(got.limits.offline, Some(true));
         assert_eq!(got.last_used, p.last_used);
         assert_eq!(got.env, p.env);
         assert_eq!(got.path, dir.path().join("projects/alpha"));
         assert_eq!(store.list().unwrap().len(), 1);
         assert!(store.delete(&p.name).unwrap());
         assert!(store.get(&p.name).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_old_database_is_migrated_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("berth.db")).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute("INSERT INTO projects VALUES ('old', '', 'busybox', 0, 0, 'stopped', '{}', '{}')", [])
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let p = store.list().unwrap().pop().unwrap();
+        assert_eq!((p.name.as_str(), p.status, p.pending), ("old", Status::Stopped, None));
+        assert_eq!(p.limits, crate::model::Limits::default());
     }
 
     #[test]
