@@ -465,6 +465,38 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Every string of the contract's pattern is accepted, as itself.
+        #[test]
+        fn names_of_the_pattern_are_accepted(s in "[a-z0-9][a-z0-9_.-]{0,62}") {
+            let n = ProjectName::parse(&s).unwrap();
+            proptest::prop_assert_eq!(n.as_str(), s.as_str());
+        }
+
+        /// Whatever is accepted is safe as one path component and a container name suffix.
+        #[test]
+        fn accepted_names_stay_one_path_component(s in "\\PC{0,80}") {
+            if let Ok(n) = ProjectName::parse(&s) {
+                let base = std::path::Path::new("/state/projects");
+                let joined = base.join(n.as_str());
+                proptest::prop_assert_eq!(joined.parent(), Some(base));
+                proptest::prop_assert!(n.as_str() != "." && n.as_str() != "..");
+                proptest::prop_assert!(n.as_str().len() <= 63);
+                proptest::prop_assert!(n.as_str().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b)));
+            }
+        }
+
+        /// One character outside the alphabet anywhere makes a name invalid, and the
+        /// error names it.
+        #[test]
+        fn a_foreign_character_is_refused(prefix in "[a-z0-9]{1,20}", bad in "[^a-z0-9_.-]", suffix in "[a-z0-9]{0,20}") {
+            let s = format!("{prefix}{bad}{suffix}");
+            let e = ProjectName::parse(&s).unwrap_err();
+            let quoted = format!("{:?}", s);
+            proptest::prop_assert!(e.to_string().contains(&quoted));
+        }
+    }
+
     #[test]
     fn env_table() {
         let bad = [("", "v"), ("A=B", "v"), ("A\0", "v"), ("A", "v\0")];

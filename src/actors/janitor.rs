@@ -59,13 +59,22 @@ impl JanitorState {
     }
 
     async fn reconcile(&self) -> Result<Vec<Change>, Error> {
-        if !self.ctx.runtimes.refresh().await {
+        let rt = &self.ctx.runtimes;
+        // The one list call doubles as the engine check; a ping is only needed to learn
+        // the version when the engine was not known to be up.
+        if !rt.docker_available() && !rt.refresh().await {
             return self.settle_creating().await;
         }
-        let containers = self.ctx.runtimes.docker.list().await.map_err(|e| {
-            self.ctx.runtimes.note(&e);
-            Error::from(e)
-        })?;
+        let containers = match rt.docker.list().await {
+            Ok(c) => c,
+            Err(e) => {
+                rt.note(&e);
+                return match e {
+                    crate::runtime::RuntimeError::Unavailable(_) => self.settle_creating().await,
+                    other => Err(other.into()),
+                };
+            }
+        };
         let rows = self.rows().await?;
         let mut by_project: HashMap<String, _> =
             containers.into_iter().filter_map(|c| c.project.clone().map(|p| (p, c))).collect();

@@ -21,6 +21,7 @@ use super::{ask, Ctx};
 use crate::error::{Error, ErrorKind};
 use crate::model::{CreateSpec, ImageRef, Pending, Project, ProjectName, Status};
 use crate::runtime::{ContainerInfo, ContainerSpec, RuntimeError, RuntimeKind};
+use crate::workspace::{WorkspaceError, Workspaces};
 
 pub struct ProjectActor;
 
@@ -158,6 +159,19 @@ impl ProjectState {
         Ok(p)
     }
 
+    /// Runs a workspace operation off the async workers: purging or moving a large tree
+    /// is blocking disk work that must not stall other actors.
+    async fn ws<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Workspaces, &ProjectName) -> Result<T, WorkspaceError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (w, n) = (self.ctx.workspaces.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || op(&w, &n))
+            .await
+            .map_err(|e| Error::internal(format!("workspace task of project {}: {e}", self.name)))?
+            .map_err(Error::from)
+    }
+
     fn engine_err(&self, e: RuntimeError) -> Error {
         self.ctx.runtimes.note(&e);
         e.into()
@@ -209,7 +223,7 @@ impl ProjectState {
         let row = p.clone();
         self.registry(|r| RegistryMsg::Insert(row, r)).await??;
         self.project = Some(p.clone());
-        let made_workspace = match self.ctx.workspaces.ensure(&self.name) {
+        let made_workspace = match self.ws(|w, n| w.ensure(n)).await {
             Ok(made) => made,
             Err(e) => {
                 self.roll_back(false).await;
@@ -239,7 +253,7 @@ impl ProjectState {
             tracing::warn!(project = %self.name, error = %e, "rollback: container not removed");
         }
         if remove_workspace {
-            if let Err(e) = self.ctx.workspaces.purge(&self.name) {
+            if let Err(e) = self.ws(|w, n| w.purge(n)).await {
                 tracing::warn!(project = %self.name, error = %e, "rollback: workspace not removed");
             }
         }
@@ -307,8 +321,8 @@ impl ProjectState {
             docker.stop(&self.name).await.map_err(|e| self.engine_err(e))?;
         }
         let moved = match p.pending {
-            Some(Pending::Purge) => self.ctx.workspaces.purge(&self.name).map(|_| None),
-            _ => self.ctx.workspaces.archive(&self.name, OffsetDateTime::now_utc()),
+            Some(Pending::Purge) => self.ws(|w, n| w.purge(n)).await.map(|_| None),
+            _ => self.ws(|w, n| w.archive(n, OffsetDateTime::now_utc())).await,
         };
         let archived = match moved {
             Ok(a) => a,
@@ -352,7 +366,7 @@ impl ProjectState {
         if p.status != Status::Creating {
             return Ok(None);
         }
-        self.ctx.workspaces.ensure(&self.name)?;
+        self.ws(|w, n| w.ensure(n)).await?;
         p.status = match self.ctx.runtimes.docker_available() {
             true => match self.ensure_container(&p).await {
                 Ok(_) => Status::Running,
@@ -422,7 +436,7 @@ impl ProjectState {
 
     async fn lease(&mut self, mut p: Project, runtime: RuntimeKind) -> Result<ExecLease, Error> {
         if runtime == RuntimeKind::Local {
-            self.ctx.workspaces.ensure(&self.name)?;
+            self.ws(|w, n| w.ensure(n)).await?;
         }
         p.last_used = OffsetDateTime::now_utc();
         let p = self.save(p).await?;
@@ -475,7 +489,7 @@ impl ProjectState {
             pending: None,
             limits: Default::default(),
         };
-        self.ctx.workspaces.ensure(&self.name)?;
+        self.ws(|w, n| w.ensure(n)).await?;
         let row = p.clone();
         self.registry(|r| RegistryMsg::Insert(row, r)).await??;
         self.project = Some(p);

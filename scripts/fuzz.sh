@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the request-decoding fuzzer for a bounded time (default 60 s).
+#   scripts/fuzz.sh [SECONDS]
+# Needs cargo-fuzz (`cargo install cargo-fuzz`). cargo-fuzz wants a nightly compiler;
+# with only a stable toolchain, RUSTC_BOOTSTRAP=1 lets stable accept the flags it passes.
+# Findings land in fuzz/artifacts/decode/; the corpus grows in fuzz/corpus/decode/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-60}
+command -v cargo-fuzz >/dev/null 2>&1 || { echo "install cargo-fuzz first: cargo install cargo-fuzz" >&2; exit 1; }
+mkdir -p fuzz/corpus/decode
+# Seed the corpus with real requests.
+i=0
+for line in \
+  '{"jsonrpc":"2.0","id":1,"method":"daemon.info"}' \
+  '{"jsonrpc":"2.0","id":"a","method":"project.create","params":{"name":"web","image":"node:20-slim","env":{"A":"1"},"ports":{"80":"8080"}}}' \
+  '{"jsonrpc":"2.0","id":2,"method":"project.exec","params":{"name":"web","command":["sh","-c","ls"],"timeout":"30s","workdir":"/workspace","stream":true,"stdin":"x"}}' \
+  '{"jsonrpc":"2.0","id":3,"method":"project.logs","params":{"name":"web","tail":10}}' \
+  '{"jsonrpc":"2.0","id":4,"method":"project.delete","params":{"name":"web","purge":true}}'; do
+  printf '%s' "$line" >"fuzz/corpus/decode/seed-$i"
+  i=$((i + 1))
+done
+RUSTC_BOOTSTRAP=1 cargo fuzz run decode fuzz/corpus/decode -- -max_total_time="$secs" -max_len=4096
