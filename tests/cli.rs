@@ -118,7 +118,12 @@ fn exec_passes_exit_code_streams_env_workdir_and_mount() {
     let host = d.state.join("projects").join(&name).join("made.txt");
     assert_eq!(std::fs::read_to_string(host).unwrap(), "from-container\n");
 
-    // --json prints the ExecResult.
+    // --json prints the ExecResult as the one document on stdout, output inside it.
+    let o = d.berth(&["exec", "--json", &name, "--", "sh", "-c", "echo hi; echo ho >&2; exit 5"]);
+    assert_eq!(o.status.code(), Some(5));
+    let r = json_of(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!((r["stdout"].as_str(), r["stderr"].as_str()), (Some("hi\n"), Some("ho\n")));
+    assert!(o.stderr.is_empty());
     let r = json_of(&d.berth_ok(&["exec", "--json", &name, "--", "true"]));
     assert_eq!(r["exit_code"], 0);
     assert_eq!(r["runtime"], "docker");

@@ -236,10 +236,15 @@ impl Service {
                     return Err(err.into());
                 }
                 Ok(o) => {
-                    if o.cancelled && !conn.gone.is_cancelled() {
+                    if o.cancelled {
+                        let why = if conn.gone.is_cancelled() {
+                            "the connection closed (or berthd is shutting down)"
+                        } else {
+                            "the project was stopped or deleted"
+                        };
                         return Err(Error::new(
                             ErrorKind::RuntimeError,
-                            format!("project {} was stopped or deleted while {:?} ran", e.name, e.argv[0]),
+                            format!("{why} while {:?} ran in project {}; it was killed", e.argv[0], e.name),
                         ));
                     }
                     return Ok(protocol::exec_result(&o, started.elapsed(), lease.runtime));

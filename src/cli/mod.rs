@@ -140,7 +140,13 @@ async fn run(cli: Cli) -> ExitCode {
         Err(e) => return fail(&format!("cannot connect to berthd at {}: {e}", socket.display())),
     };
     let is_exec = matches!(cli.command, Command::Exec { .. });
-    let reply = conn.call(method, params, is_exec).await;
+    // With --json, exec's output comes back inside the one JSON document instead of
+    // streaming to berth's stdout and stderr.
+    let mut params = params;
+    if is_exec && cli.json {
+        params["stream"] = json!(false);
+    }
+    let reply = conn.call(method, params, is_exec && !cli.json).await;
     let result = match reply {
         Ok(Ok(v)) => v,
         Ok(Err(err)) => {
@@ -301,16 +307,19 @@ fn print_chunk(p: &Value) {
 }
 
 fn finish_exec(result: &Value, json_out: bool) -> ExitCode {
-    // Output already streamed; a non-streamed remainder (none today) is printed too.
-    let out = decode_data(result, "stdout", "stdout_encoding");
-    let err = decode_data(result, "stderr", "stderr_encoding");
-    let _ = std::io::stdout().write_all(&out);
-    let _ = std::io::stderr().write_all(&err);
     if json_out {
         println!("{result}");
+    } else {
+        // Output already streamed; whatever the response still carries is printed too.
+        let out = decode_data(result, "stdout", "stdout_encoding");
+        let err = decode_data(result, "stderr", "stderr_encoding");
+        let _ = std::io::stdout().write_all(&out);
+        let _ = std::io::stderr().write_all(&err);
     }
     if result["timed_out"].as_bool() == Some(true) {
-        eprintln!("berth: command timed out and was killed");
+        if !json_out {
+            eprintln!("berth: command timed out and was killed");
+        }
         return ExitCode::from(124);
     }
     let code = result["exit_code"].as_i64().unwrap_or(1);
