@@ -273,14 +273,15 @@ impl Status {
         matches!(self, Status::Running | Status::Stopped | Status::Created)
     }
 
+    /// An exec may be served from here (starting or re-creating the container first if
+    /// need be).
+    pub fn can_exec(self) -> bool {
+        matches!(self, Status::Created | Status::Stopped | Status::Running)
+    }
+
     /// An exec may run without a lifecycle change first.
     pub fn can_exec_directly(self) -> bool {
         matches!(self, Status::Running)
-    }
-
-    /// Delete and archive are always allowed: they are how a stuck project is cleared.
-    pub fn can_delete(self) -> bool {
-        true
     }
 }
 
@@ -542,18 +543,18 @@ mod tests {
     #[test]
     fn status_table() {
         use Status::*;
-        // state x operation: (status, can_start, can_stop, can_exec_directly)
+        // state x operation: (status, can_start, can_stop, can_exec, can_exec_directly)
         let table = [
-            (Creating, false, false, false),
-            (Created, true, true, false),
-            (Running, true, true, true),
-            (Stopped, true, true, false),
+            (Creating, false, false, false, false),
+            (Created, true, true, true, false),
+            (Running, true, true, true, true),
+            (Stopped, true, true, true, false),
         ];
-        for (s, start, stop, exec) in table {
+        for (s, start, stop, exec, direct) in table {
             assert_eq!(s.can_start(), start, "{s:?} start");
             assert_eq!(s.can_stop(), stop, "{s:?} stop");
-            assert_eq!(s.can_exec_directly(), exec, "{s:?} exec");
-            assert!(s.can_delete());
+            assert_eq!(s.can_exec(), exec, "{s:?} exec");
+            assert_eq!(s.can_exec_directly(), direct, "{s:?} exec directly");
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }
     }

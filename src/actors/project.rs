@@ -181,6 +181,19 @@ impl ProjectState {
         self.project.clone().ok_or_else(|| Error::not_found(&self.name))
     }
 
+    /// The project, if no delete of it is still being finished and `allowed` holds for
+    /// its status (one of `Status::can_*`).
+    fn require_settled(&self, allowed: fn(Status) -> bool) -> Result<Project, Error> {
+        let p = self.require()?;
+        if p.pending.is_some() || !allowed(p.status) {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("project {} is being created or deleted; retry", self.name),
+            ));
+        }
+        Ok(p)
+    }
+
     async fn ensure_container(&self, p: &Project) -> Result<Option<ContainerInfo>, Error> {
         let spec = ContainerSpec {
             project: &p.name,
@@ -265,10 +278,7 @@ impl ProjectState {
     }
 
     async fn start(&mut self) -> Result<Project, Error> {
-        let mut p = self.require()?;
-        if !p.status.can_start() {
-            return Err(Error::new(ErrorKind::Busy, format!("project {} is being created", self.name)));
-        }
+        let mut p = self.require_settled(Status::can_start)?;
         if !self.ctx.runtimes.docker_available() {
             return Err(Error::new(
                 ErrorKind::RuntimeUnavailable,
@@ -282,7 +292,7 @@ impl ProjectState {
     }
 
     async fn stop(&mut self) -> Result<Project, Error> {
-        let mut p = self.require()?;
+        let mut p = self.require_settled(Status::can_stop)?;
         self.execs.cancel_all();
         if p.status == Status::Created {
             return Ok(p);
@@ -311,14 +321,24 @@ impl ProjectState {
         let was_running = p.status == Status::Running;
         p.pending = Some(if purge { Pending::Purge } else { Pending::Archive });
         let p = self.save(p).await?;
-        self.finish_delete(p, was_running).await
+        self.finish_delete(p, Some(was_running)).await
     }
 
-    async fn finish_delete(&mut self, mut p: Project, was_running: bool) -> Result<Option<PathBuf>, Error> {
-        let docker = &self.ctx.runtimes.docker;
+    /// The steps of a journaled delete. `undo` is `Some(was_running)` for a delete asked
+    /// for now: if it fails before the workspace has moved, the project is put back as it
+    /// was and the journal cleared. A resumed delete (`None`) keeps its journal on failure
+    /// and is retried by the next reconcile.
+    async fn finish_delete(&mut self, mut p: Project, undo: Option<bool>) -> Result<Option<PathBuf>, Error> {
         let engine = self.ctx.runtimes.docker_available();
         if engine {
-            docker.stop(&self.name).await.map_err(|e| self.engine_err(e))?;
+            if let Err(e) = self.ctx.runtimes.docker.stop(&self.name).await {
+                let e = self.engine_err(e);
+                if undo.is_some() {
+                    p.pending = None;
+                    self.save(p).await?;
+                }
+                return Err(e);
+            }
         }
         let moved = match p.pending {
             Some(Pending::Purge) => self.ws(|w, n| w.purge(n)).await.map(|_| None),
@@ -328,16 +348,16 @@ impl ProjectState {
             Ok(a) => a,
             Err(e) => {
                 // Nothing is lost: put the project back as it was.
-                if was_running {
+                if undo == Some(true) {
                     let _ = self.ensure_container(&p).await;
                 }
                 p.pending = None;
                 self.save(p).await?;
-                return Err(e.into());
+                return Err(e);
             }
         };
         if engine {
-            docker.remove(&self.name).await.map_err(|e| self.engine_err(e))?;
+            self.ctx.runtimes.docker.remove(&self.name).await.map_err(|e| self.engine_err(e))?;
         }
         let name = self.name.clone();
         self.registry(|r| RegistryMsg::Delete(name, r)).await??;
@@ -351,11 +371,13 @@ impl ProjectState {
     async fn resume(&mut self) -> Result<Option<Change>, Error> {
         let Some(mut p) = self.project.clone() else { return Ok(None) };
         if p.pending.is_some() {
-            if !self.ctx.runtimes.docker_available() {
+            // A container can only be removed with the engine; without one, only a
+            // project that never had a container can be finished.
+            if !self.ctx.runtimes.docker_available() && p.status != Status::Created {
                 return Ok(None);
             }
             let from = p.status;
-            self.finish_delete(p, false).await?;
+            self.finish_delete(p, None).await?;
             return Ok(Some(Change {
                 name: self.name.to_string(),
                 from: Some(from),
@@ -396,10 +418,7 @@ impl ProjectState {
                 None => return Err(Error::not_found(&self.name)),
             }
         }
-        let mut p = self.require()?;
-        if p.status == Status::Creating || p.pending.is_some() {
-            return Err(Error::new(ErrorKind::Busy, format!("project {} is being created or deleted", self.name)));
-        }
+        let mut p = self.require_settled(Status::can_exec)?;
         let engine = self.ctx.runtimes.docker_available();
         let container = match place {
             Placement::Local => false,

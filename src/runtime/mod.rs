@@ -1,6 +1,6 @@
 //! Where commands run: the `Runtime` trait and what both runtimes share.
 //!
-//! `docker.rs` runs projects in containers on the engine (and is the only module that
+//! `docker/` runs projects in containers on the engine (and is the only module that
 //! imports bollard); `local.rs` runs plain processes in the project's workspace when no
 //! engine answers or when a request asks for it. Output capture with its per-stream cap
 //! lives here so both runtimes truncate the same way. Runtimes know nothing of the

@@ -5,23 +5,17 @@
 //! workspace at `/workspace`, run an init as PID 1 and are kept alive by a shell loop that
 //! works in any image with `/bin/sh` (a bare busybox one included). It never touches a
 //! container without the managed-by label, nor one whose `/workspace` is not bound from
-//! this daemon's state dir (another berth instance's).
-//!
-//! Docker has no API to kill an exec, so every exec carries a random marker in its
-//! environment (`BERTH_EXEC_ID`); at a timeout or cancel a second exec kills every
-//! process in the container whose environment holds that marker — the whole tree the
-//! command started, whatever process groups it made.
+//! this daemon's state dir (another berth instance's). Exec, and killing what an exec
+//! started, is in `exec.rs`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, HostConfig, NetworkCreateRequest, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
@@ -31,49 +25,24 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, LiveTx, Runtime, RuntimeError, RuntimeKind,
-    StreamKind,
-};
+use super::{ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, LiveTx, Runtime, RuntimeError, RuntimeKind};
 use crate::config::Config;
+
+mod exec;
 use crate::model::{Profile, ProjectName};
 
 /// Keeps the container alive in any image with a POSIX shell; exits at once on SIGTERM
 /// so that stops are quick instead of waiting out the stop timeout.
 const KEEPALIVE: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 
-/// Kills every process whose environment carries `BERTH_EXEC_ID=$1`: each is stopped as
-/// soon as it is found and all are killed after the scan, repeating while any remain.
-const KILL_TREE: &str = r#"m="BERTH_EXEC_ID=$1"; n=0
-while [ $n -lt 50 ]; do
-  pids=
-  for d in /proc/[0-9]*; do
-    p=${d#/proc/}
-    [ "$p" = "$$" ] && continue
-    # environ is NUL-separated; busybox grep stops at a NUL, so split it first.
-    if tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -qxF "$m"; then
-      # Freeze at once so nothing in the tree runs on while the scan goes on.
-      kill -STOP "$p" 2>/dev/null && pids="$pids $p"
-    fi
-  done
-  [ -z "$pids" ] && exit 0
-  kill -KILL $pids 2>/dev/null
-  n=$((n+1))
-done
-exit 1"#;
-
 /// Capabilities kept in the `default` profile: what package managers need (apt drops to
 /// its own user, dpkg sets owners and modes, npm and pip write as other users) and killing
 /// a command's own tree. Everything else Docker grants by default (NET_RAW, MKNOD,
 /// AUDIT_WRITE, SYS_CHROOT, SETPCAP, SETFCAP) is dropped. `strict` keeps none.
 pub const DEFAULT_CAPS: &[&str] = &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID"];
-
-/// How long output is still read after the command's tree was killed.
-const DRAIN_AFTER_KILL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct DockerSettings {
@@ -386,48 +355,6 @@ impl DockerRuntime {
             Err(_) => Err(RuntimeError::Unavailable(format!("starting {name}: timed out"))),
         }
     }
-
-    /// Kills the tree of one exec from inside the container.
-    async fn kill_tree(&self, docker: &Docker, container: &str, marker: &str, user: Option<String>) {
-        let opts = CreateExecOptions {
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            cmd: Some(vec!["/bin/sh".to_string(), "-c".into(), KILL_TREE.into(), "berth-kill".into(), marker.into()]),
-            user,
-            ..Default::default()
-        };
-        let run = async {
-            let created = docker.create_exec(container, opts).await?;
-            if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&created.id, None).await? {
-                while output.next().await.is_some() {}
-            }
-            Ok::<(), BollardError>(())
-        };
-        match tokio::time::timeout(self.settings.api_timeout, run).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(%container, error = %e, "could not kill exec tree"),
-            Err(_) => tracing::warn!(%container, "killing exec tree timed out"),
-        }
-    }
-
-    async fn exit_code(&self, docker: &Docker, exec_id: &str) -> Result<i64, RuntimeError> {
-        // The attach stream can end a moment before the engine records the exit code.
-        let mut delay = Duration::from_millis(1);
-        let deadline = Instant::now() + self.settings.api_timeout;
-        loop {
-            let info = self.bounded("inspecting exec", docker.inspect_exec(exec_id)).await?;
-            if info.running != Some(true) {
-                if let Some(code) = info.exit_code {
-                    return Ok(code);
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(RuntimeError::Engine(format!("exec {exec_id} never reported an exit code")));
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(50));
-        }
-    }
 }
 
 #[async_trait]
@@ -566,74 +493,7 @@ impl Runtime for DockerRuntime {
         live: Option<LiveTx>,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, RuntimeError> {
-        let docker = self.client().await?;
-        let container = Self::container_name(project);
-        let marker = super::token();
-        let mut env = spec.env.to_docker();
-        env.push(format!("BERTH_EXEC_ID={marker}"));
-        let opts = CreateExecOptions {
-            attach_stdin: Some(spec.stdin.is_some()),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            tty: Some(false),
-            env: Some(env),
-            cmd: Some(spec.argv.clone()),
-            working_dir: Some(
-                spec.workdir.as_ref().map(|w| w.as_str().to_string()).unwrap_or_else(|| "/workspace".into()),
-            ),
-            ..Default::default()
-        };
-        let created = self.bounded("creating exec", docker.create_exec(&container, opts)).await?;
-        let start = StartExecOptions { detach: false, tty: false, output_capacity: None };
-        let started = self.bounded("starting exec", docker.start_exec(&created.id, Some(start))).await?;
-        let StartExecResults::Attached { mut output, mut input } = started else {
-            return Err(RuntimeError::Engine("exec started detached".into()));
-        };
-        let stdin_task = spec.stdin.clone().map(|data| {
-            tokio::spawn(async move {
-                let _ = input.write_all(&data).await;
-                let _ = input.shutdown().await;
-            })
-        });
-
-        let mut capture = Capture::new(spec.max_output, live);
-        let deadline = tokio::time::Instant::now() + spec.timeout;
-        let (mut timed_out, mut cancelled) = (false, false);
-        loop {
-            tokio::select! {
-                item = output.next() => match item {
-                    Some(Ok(LogOutput::StdOut { message })) => capture.push(StreamKind::Stdout, message).await,
-                    Some(Ok(LogOutput::StdErr { message })) => capture.push(StreamKind::Stderr, message).await,
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::warn!(%container, error = %e, "exec output stream failed");
-                        break;
-                    }
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => { timed_out = true; break; }
-                _ = cancel.cancelled() => { cancelled = true; break; }
-            }
-        }
-        if timed_out || cancelled {
-            self.kill_tree(&docker, &container, &marker, None).await;
-            // Keep what the command printed up to its death.
-            let drain = async {
-                while let Some(Ok(item)) = output.next().await {
-                    match item {
-                        LogOutput::StdOut { message } => capture.push(StreamKind::Stdout, message).await,
-                        LogOutput::StdErr { message } => capture.push(StreamKind::Stderr, message).await,
-                        _ => {}
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(DRAIN_AFTER_KILL, drain).await;
-        }
-        if let Some(t) = stdin_task {
-            t.abort();
-        }
-        let code = if timed_out || cancelled { -1 } else { self.exit_code(&docker, &created.id).await? };
-        Ok(capture.finish(code, timed_out, cancelled))
+        exec::run(self, project, spec, live, cancel).await
     }
 }
 
