@@ -264,3 +264,62 @@ fn the_janitor_archives_and_idle_stops_on_its_schedule_but_never_during_an_exec(
     }
     assert_eq!(engine_view(&d2.prefix).get(&idle), Some(&false), "stopped, not removed");
 }
+
+#[test]
+fn an_archive_whose_move_fails_leaves_container_and_row_as_they_were() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("nomove");
+    d.ok("project.create", json!({"name": name}));
+    d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", "echo keep > f"]}));
+    // archive/ replaced by a symlink: the move is refused.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::remove_dir(d.state.join("archive")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), d.state.join("archive")).unwrap();
+    let r = d.rpc("project.delete", json!({"name": name}));
+    assert!(r.get("error").is_some(), "{r}");
+    let p = d.ok("project.get", json!({"name": name}));
+    assert_eq!(p["status"], "running", "row as it was: {p}");
+    assert_eq!(
+        docker_inspect(&format!("berth-{name}"), "{{.State.Running}}").unwrap(),
+        "true",
+        "container running again"
+    );
+    let ws = d.state.join("projects").join(&name);
+    assert_eq!(std::fs::read_to_string(ws.join("f")).unwrap(), "keep\n");
+    assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing written outside");
+    // The project is fully usable, and reconcile has nothing to mend.
+    assert_eq!(d.ok("project.exec", json!({"name": name, "command": ["cat", "f"]}))["stdout"], "keep\n");
+    assert_eq!(d.ok("janitor.reconcile", json!({}))["changed"], json!([]));
+}
+
+#[test]
+fn callers_queued_behind_a_crashing_actor_get_answers_not_hangs() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("queue");
+    d.ok("project.create", json!({"name": name}));
+    // Pipeline a panic and several lifecycle requests for the same project on one
+    // connection: each must be answered — by the dying actor's error or by its successor.
+    let mut c = d.client();
+    c.send_line(&json!({"jsonrpc":"2.0","id":0,"method":"debug.panic","params":{"name": name}}).to_string());
+    for id in 1..=6 {
+        let method = if id % 2 == 0 { "project.start" } else { "project.stop" };
+        c.send_line(&json!({"jsonrpc":"2.0","id":id,"method":method,"params":{"name": name}}).to_string());
+    }
+    let mut answered = BTreeSet::new();
+    while answered.len() < 7 {
+        let m = c.read_msg();
+        let id = m["id"].as_i64().expect("a response");
+        if let Some(kind) = m["error"]["data"]["kind"].as_str() {
+            assert!(kind == "internal" || kind == "busy", "{m}");
+        }
+        answered.insert(id);
+    }
+    // And the project ends up consistent.
+    check_converges(&d, "after the crash");
+}
