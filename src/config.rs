@@ -25,7 +25,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub state_dir: Option<PathBuf>,
@@ -107,21 +107,6 @@ pub struct ContainerConfig {
     pub pids_limit: i64,
     /// CPU limit in cores (e.g. 1.5); 0 for none.
     pub cpus: f64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            state_dir: None,
-            socket: None,
-            docker: DockerConfig::default(),
-            exec: ExecConfig::default(),
-            janitor: JanitorConfig::default(),
-            routing: RoutingConfig::default(),
-            server: ServerConfig::default(),
-            container: ContainerConfig::default(),
-        }
-    }
 }
 
 impl Default for DockerConfig {

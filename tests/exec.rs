@@ -223,7 +223,7 @@ fn execs_in_one_project_run_concurrently_and_never_block_reads() {
         assert_eq!(r["result"]["exit_code"], 0, "concurrent exec: {r}");
     }
     assert_eq!(d.ok("project.status", json!({"name": name}))["running"], true);
-    assert!(d.ok("project.list", json!({})).as_array().unwrap().len() >= 1);
+    assert_eq!(d.ok("project.list", json!({})).as_array().unwrap().len(), 1);
     assert_eq!(d.ok("project.exec", json!({"name": name, "command": ["echo", "side"]}))["stdout"], "side\n");
     assert_eq!(d.ok("project.create", json!({"name": other}))["status"], "running");
     assert_eq!(d.ok("project.stop", json!({"name": other}))["status"], "stopped");

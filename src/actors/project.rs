@@ -240,7 +240,7 @@ impl ProjectState {
             Ok(made) => made,
             Err(e) => {
                 self.roll_back(false).await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         p.status = if self.ctx.runtimes.docker_available() {

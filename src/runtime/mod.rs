@@ -232,45 +232,6 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn capture_caps_each_stream_and_keeps_counting() {
-        let mut c = Capture::new(5, None);
-        c.push(StreamKind::Stdout, Bytes::from_static(b"abc")).await;
-        c.push(StreamKind::Stdout, Bytes::from_static(b"defgh")).await;
-        c.push(StreamKind::Stderr, Bytes::from_static(b"12")).await;
-        c.push(StreamKind::Stdout, Bytes::from_static(b"more")).await;
-        let o = c.finish(0, false, false);
-        assert_eq!(o.stdout, b"abcde");
-        assert_eq!(o.stderr, b"12");
-        assert!(o.truncated);
-    }
-
-    #[tokio::test]
-    async fn capture_streams_without_keeping() {
-        let (tx, mut rx) = mpsc::channel(8);
-        let mut c = Capture::new(4, Some(tx));
-        c.push(StreamKind::Stderr, Bytes::from_static(b"hello")).await;
-        let got = rx.recv().await.unwrap();
-        assert_eq!(got.stream, StreamKind::Stderr);
-        assert_eq!(&got.data[..], b"hell");
-        let o = c.finish(3, true, false);
-        assert!(o.stderr.is_empty() && o.truncated && o.timed_out);
-        assert_eq!(o.exit_code, TIMEOUT_EXIT);
-    }
-
-    #[test]
-    fn tokens_are_distinct_hex() {
-        let a = token();
-        assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(a, token());
-    }
-}
-
 /// Both runtimes and whether the engine answers right now.
 ///
 /// The flag is refreshed by the janitor's periodic ping and by every engine call that
@@ -333,5 +294,44 @@ impl Runtimes {
         } else {
             &self.local
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn capture_caps_each_stream_and_keeps_counting() {
+        let mut c = Capture::new(5, None);
+        c.push(StreamKind::Stdout, Bytes::from_static(b"abc")).await;
+        c.push(StreamKind::Stdout, Bytes::from_static(b"defgh")).await;
+        c.push(StreamKind::Stderr, Bytes::from_static(b"12")).await;
+        c.push(StreamKind::Stdout, Bytes::from_static(b"more")).await;
+        let o = c.finish(0, false, false);
+        assert_eq!(o.stdout, b"abcde");
+        assert_eq!(o.stderr, b"12");
+        assert!(o.truncated);
+    }
+
+    #[tokio::test]
+    async fn capture_streams_without_keeping() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut c = Capture::new(4, Some(tx));
+        c.push(StreamKind::Stderr, Bytes::from_static(b"hello")).await;
+        let got = rx.recv().await.unwrap();
+        assert_eq!(got.stream, StreamKind::Stderr);
+        assert_eq!(&got.data[..], b"hell");
+        let o = c.finish(3, true, false);
+        assert!(o.stderr.is_empty() && o.truncated && o.timed_out);
+        assert_eq!(o.exit_code, TIMEOUT_EXIT);
+    }
+
+    #[test]
+    fn tokens_are_distinct_hex() {
+        let a = token();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, token());
     }
 }
