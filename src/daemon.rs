@@ -174,7 +174,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let (listener, owns_socket) = match activated {
         Some(l) => (l, false),
-        None => (server::bind(&socket, mode, gate.group).await?, true),
+        None => {
+            // The socket file gets the configured group; "" leaves the daemon's own.
+            let chown = if config.server.socket_group.is_empty() { None } else { gate.group };
+            (server::bind(&socket, mode, chown).await?, true)
+        }
     };
     let service = Arc::new(Service { ctx: ctx.clone(), supervisor: supervisor.clone() });
     let srv = Server { listener, service, config: config.server.clone(), gate };

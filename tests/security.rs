@@ -241,6 +241,24 @@ fn berth_as(d: &Daemon, uid: u32, gid: u32) -> std::process::Output {
     cmd.output().unwrap()
 }
 
+fn socket_gid(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().gid()
+}
+
+#[test]
+fn members_of_the_daemons_own_group_are_let_in_when_socket_group_is_empty() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: needs root to run a client as another uid");
+        return;
+    }
+    // The daemon runs as root:root; "" means its own group (0) is the socket's group.
+    let d = Daemon::start("[docker]\nhost = \"unix:///nonexistent/docker.sock\"\n[server]\nsocket_mode = \"0666\"\n");
+    open_up(&d);
+    assert!(berth_as(&d, 4646, 0).status.success(), "a member of the daemon's group");
+    assert_eq!(berth_as(&d, 4646, 4646).status.code(), Some(1), "a stranger");
+}
+
 fn open_up(d: &Daemon) {
     // Let other uids reach the socket file; the daemon's own gate must still refuse them.
     for p in [d.dir.path().to_path_buf(), d.dir.path().join("run")] {
@@ -269,6 +287,8 @@ fn peers_are_checked_by_credentials() {
     assert!(berth_as(&d, 4444, 4545).status.success());
     // Root always.
     assert!(berth_as(&d, 0, 0).status.success());
+    let group = socket_gid(&d.socket);
+    assert_eq!(group, 4545, "the socket file carries socket_group");
     let log = d.log_text();
     assert!(log.contains("refused a connection") && log.contains("4242"), "refusals are logged");
     // Mutations are logged with the peer's uid and pid.

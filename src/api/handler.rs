@@ -62,11 +62,13 @@ impl Service {
             }
             Request::Stop(name) => {
                 let actor = self.project(&name).await?;
-                to_value(ask(&actor, &format!("project {name}"), ctx.short_timeout(), ProjectMsg::Stop).await??)
+                to_value(ask(&actor, &format!("project {name}"), ctx.lifecycle_timeout(), ProjectMsg::Stop).await??)
             }
             Request::Delete { name, purge } => {
                 let actor = self.project(&name).await?;
-                ask(&actor, &format!("project {name}"), ctx.short_timeout(), |reply| ProjectMsg::Delete {
+                // Lifecycle calls queue behind each other in the project's actor (a create
+                // may be pulling an image), so they all get the lifecycle bound.
+                ask(&actor, &format!("project {name}"), ctx.lifecycle_timeout(), |reply| ProjectMsg::Delete {
                     purge,
                     reply,
                 })

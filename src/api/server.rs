@@ -45,15 +45,17 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// `socket_group = ""` means the daemon's own group, as the socket file's group is.
     pub fn from_config(cfg: &ServerConfig) -> Result<Gate, BindError> {
         let group = if cfg.socket_group.is_empty() {
-            None
+            // SAFETY: getegid cannot fail.
+            unsafe { libc::getegid() }
         } else {
-            Some(lookup_group(&cfg.socket_group).ok_or_else(|| BindError::NoGroup(cfg.socket_group.clone()))?)
+            lookup_group(&cfg.socket_group).ok_or_else(|| BindError::NoGroup(cfg.socket_group.clone()))?
         };
         // SAFETY: geteuid cannot fail.
         let daemon_uid = unsafe { libc::geteuid() };
-        Ok(Gate { daemon_uid, allowed_uids: cfg.allowed_uids.clone(), group })
+        Ok(Gate { daemon_uid, allowed_uids: cfg.allowed_uids.clone(), group: Some(group) })
     }
 
     /// Root, the daemon's own uid, `allowed_uids`, and members of `socket_group`.
