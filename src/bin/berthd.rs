@@ -1,3 +1,5 @@
+//! `berthd`, the supervisor daemon; everything it does is in `berth::daemon`.
+
 fn main() -> std::process::ExitCode {
     berth::daemon::main()
 }
