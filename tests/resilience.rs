@@ -152,3 +152,30 @@ fn stale_projects_are_archived_by_last_use() {
         .expect("archived workspace");
     assert_eq!(std::fs::read_to_string(entry.join("f")).unwrap(), "keep\n");
 }
+
+#[test]
+fn sigterm_answers_in_flight_requests_then_exits_zero() {
+    if !docker_available() {
+        return;
+    }
+    let mut d = Daemon::start("[server]\nshutdown_grace = \"1s\"\n");
+    let name = d.name("inflight");
+    d.ok("project.create", json!({"name": name}));
+    let mut c = d.client();
+    c.send_line(
+        &json!({"jsonrpc":"2.0","id":9,"method":"project.exec","params":{"name": name, "stream": true,
+            "command":["sh","-c","echo up; sleep 300"]}})
+        .to_string(),
+    );
+    assert_eq!(c.read_msg()["params"]["data"], "up\n");
+    assert_eq!(d.terminate(), 0, "clean exit; log:\n{}", d.log_text());
+    // The exec outlived the grace period: it was failed with an answer, not dropped.
+    let r = c.read_msg();
+    assert_eq!(r["id"], 9);
+    assert_eq!(r["error"]["data"]["kind"], "runtime_error", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("shutting down"), "{r}");
+    // Its process is gone; the container is not.
+    let ps = docker(&["exec", &format!("berth-{name}"), "ps", "-o", "args"]);
+    assert!(!ps.contains("sleep 300"), "{ps}");
+    assert_eq!(docker_inspect(&format!("berth-{name}"), "{{.State.Running}}").unwrap(), "true");
+}
