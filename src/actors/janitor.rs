@@ -222,32 +222,8 @@ impl Actor for JanitorActor {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            JanitorMsg::Reconcile(reply) => {
-                let res = st.reconcile().await;
-                match reply {
-                    Some(r) => {
-                        let _ = r.send(res);
-                    }
-                    None => {
-                        if let Err(e) = res {
-                            tracing::warn!(error = %e, "scheduled reconcile failed");
-                        }
-                    }
-                }
-            }
-            JanitorMsg::ArchiveStale(reply) => {
-                let res = st.archive_stale().await;
-                match reply {
-                    Some(r) => {
-                        let _ = r.send(res);
-                    }
-                    None => {
-                        if let Err(e) = res {
-                            tracing::warn!(error = %e, "scheduled stale-archive failed");
-                        }
-                    }
-                }
-            }
+            JanitorMsg::Reconcile(reply) => answer(reply, st.reconcile().await, "reconcile"),
+            JanitorMsg::ArchiveStale(reply) => answer(reply, st.archive_stale().await, "stale-archive"),
             JanitorMsg::IdleStop => {
                 if let Err(e) = st.idle_stop().await {
                     tracing::warn!(error = %e, "idle stop failed");
@@ -263,5 +239,19 @@ impl Actor for JanitorActor {
             }
         }
         Ok(())
+    }
+}
+
+/// Replies to an explicit request, or logs the failure of a scheduled run.
+fn answer<T>(reply: Option<RpcReplyPort<Result<T, Error>>>, res: Result<T, Error>, what: &str) {
+    match reply {
+        Some(r) => {
+            let _ = r.send(res);
+        }
+        None => {
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "scheduled {what} failed");
+            }
+        }
     }
 }
