@@ -509,9 +509,11 @@ fn strict_offline_and_limited_projects() {
     sh("true");
     assert_eq!(get("{{.HostConfig.NetworkMode}}"), "none");
     assert_eq!(get("{{.HostConfig.PidsLimit}}"), "64");
-    // And a default-profile project on the same daemon can be loosened per project.
+    // And a default-profile project on the same daemon can be loosened per project
+    // (through the CLI's flags, which map onto the same params).
     let loose = d.name("loose");
-    d.ok("project.create", json!({"name": loose, "profile": "default"}));
+    d.berth_ok(&["create", &loose, "--profile", "default", "--cpus", "0.5"]);
+    assert_eq!(docker_inspect(&format!("berth-{loose}"), "{{.HostConfig.NanoCpus}}").unwrap(), "500000000");
     assert_eq!(docker_inspect(&format!("berth-{loose}"), "{{.HostConfig.ReadonlyRootfs}}").unwrap(), "false");
     // The pids limit stops a fork loop (the looping subshell dies when fork fails; the
     // count uses shell builtins only, since no fork is left to spare).

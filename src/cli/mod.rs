@@ -49,6 +49,21 @@ pub enum Command {
         /// HOST:CONTAINER[/udp], repeatable.
         #[arg(long = "port", value_name = "HOST:CONTAINER")]
         port: Vec<String>,
+        /// Container profile: default or strict (overrides the daemon's [container] profile).
+        #[arg(long)]
+        profile: Option<String>,
+        /// "none" for a container without network (offline work).
+        #[arg(long)]
+        network: Option<String>,
+        /// Memory limit, e.g. 512MiB ("0": none).
+        #[arg(long)]
+        memory: Option<String>,
+        /// Process limit (0: none).
+        #[arg(long)]
+        pids_limit: Option<i64>,
+        /// CPU limit in cores, e.g. 1.5.
+        #[arg(long)]
+        cpus: Option<f64>,
     },
     /// List all projects.
     Ls,
@@ -169,8 +184,20 @@ async fn run(cli: Cli) -> ExitCode {
 fn request_for(cmd: &Command) -> Result<(&'static str, Value), String> {
     Ok(match cmd {
         Command::Info => ("daemon.info", json!({})),
-        Command::Create { name, image, description, env, port } => {
+        Command::Create { name, image, description, env, port, profile, network, memory, pids_limit, cpus } => {
             let mut p = json!({"name": name});
+            let extras = [
+                ("profile", profile.as_ref().map(|v| json!(v))),
+                ("network", network.as_ref().map(|v| json!(v))),
+                ("memory", memory.as_ref().map(|v| json!(v))),
+                ("pids_limit", pids_limit.map(|v| json!(v))),
+                ("cpus", cpus.map(|v| json!(v))),
+            ];
+            for (key, value) in extras {
+                if let Some(v) = value {
+                    p[key] = v;
+                }
+            }
             if let Some(i) = image {
                 p["image"] = json!(i);
             }
