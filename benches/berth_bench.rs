@@ -369,7 +369,8 @@ async fn exec_and_status(docker: &Docker, wants: &dyn Fn(&str) -> bool) {
 
 async fn restart_and_rss() {
     // Register projects without an engine (no containers needed to count as registered).
-    let mut d = Daemon::new("host = \"unix:///nonexistent/docker.sock\"\n");
+    // Actors are kept (worst case: every project active since the start).
+    let mut d = Daemon::new("host = \"unix:///nonexistent/docker.sock\"\n[janitor]\nretire_actors_after = \"off\"\n");
     d.start().await;
     let base = d.rss_kib();
     let mut c = Client::connect(&d.socket).await.unwrap();
@@ -383,11 +384,25 @@ async fn restart_and_rss() {
     let rss_2000 = d.rss_kib();
     drop(c);
     d.stop();
+    // The same with idle actors retiring: memory follows the active projects.
+    let mut r = Daemon::new("host = \"unix:///nonexistent/docker.sock\"\n[janitor]\nretire_actors_after = \"1s\"\n");
+    r.start().await;
+    let mut c = Client::connect(&r.socket).await.unwrap();
+    for i in 0..1000 {
+        c.ok("project.create", json!({"name": r.name(&format!("q{i}"))})).await;
+    }
+    while c.ok("daemon.info", json!({})).await["project_actors"] != 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss_retired = r.rss_kib();
+    drop(c);
+    r.stop();
     println!("\n## restart and memory");
     println!("| measure | value |\n|---|---|");
     println!("| berthd RSS, empty | {base} KiB |");
     println!("| berthd RSS, 1,000 projects created (1,000 live project actors) | {rss_1000} KiB |");
     println!("| berthd RSS, 2,000 projects created | {rss_2000} KiB |");
+    println!("| berthd RSS, 1,000 projects created, idle actors retired (`retire_actors_after`) | {rss_retired} KiB |");
     let mut runs = Vec::new();
     for _ in 0..5 {
         runs.push(d.start().await);

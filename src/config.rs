@@ -72,6 +72,9 @@ pub struct JanitorConfig {
     pub archive_interval: Dur,
     pub stale_after: Dur,
     pub idle_stop_after: OptDur,
+    /// A project actor not used this long is retired (its state lives in the registry and
+    /// the engine; the next request spawns a new one). "off" keeps them all.
+    pub retire_actors_after: OptDur,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -142,6 +145,7 @@ impl Default for JanitorConfig {
             archive_interval: Dur(Duration::from_secs(3600)),
             stale_after: Dur(Duration::from_secs(30 * 86400)),
             idle_stop_after: OptDur(None),
+            retire_actors_after: OptDur(Some(Duration::from_secs(300))),
         }
     }
 }

@@ -179,3 +179,57 @@ fn sigterm_answers_in_flight_requests_then_exits_zero() {
     assert!(!ps.contains("sleep 300"), "{ps}");
     assert_eq!(docker_inspect(&format!("berth-{name}"), "{{.State.Running}}").unwrap(), "true");
 }
+
+fn wait_actors(d: &Daemon, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.ok("daemon.info", json!({}))["project_actors"] != want {
+        assert!(Instant::now() < deadline, "project actors never became {want}; log:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn idle_project_actors_retire_but_never_under_a_running_exec() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("[janitor]\nretire_actors_after = \"300ms\"\n");
+    let idle = d.name("idle");
+    let busy = d.name("busy");
+    d.ok("project.create", json!({"name": idle}));
+    d.ok("project.create", json!({"name": busy}));
+    // busy's exec runs until it is stopped.
+    let go = d.state.join("projects").join(&busy).join("go");
+    let mut long = d.client();
+    long.send_line(
+        &json!({"jsonrpc":"2.0","id":1,"method":"project.exec","params":{"name": busy, "stream": true,
+            "command":["sh","-c","echo up; while [ ! -f go ]; do sleep 0.05; done; echo done"]}})
+        .to_string(),
+    );
+    assert_eq!(long.read_msg()["params"]["data"], "up\n");
+    // idle's actor retires; busy's stays, several retire rounds later, because of its exec.
+    wait_actors(&d, 1);
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(d.ok("daemon.info", json!({}))["project_actors"], 1, "busy's actor must not retire");
+    }
+    // The survivor still holds the exec: stopping busy fails it through the actor's cancel
+    // token (a fresh actor could not; the exec would just die with its container).
+    d.ok("project.stop", json!({"name": busy}));
+    let done = loop {
+        let m = long.read_msg();
+        if m.get("id").is_some() {
+            break m;
+        }
+    };
+    assert!(done["error"]["message"].as_str().is_some_and(|m| m.contains("stopped or deleted")), "{done}");
+    assert!(!go.exists());
+    // Retired projects are served as before by a fresh actor, rebuilt from registry + engine.
+    assert_eq!(d.ok("project.get", json!({"name": idle}))["status"], "running");
+    let r = d.ok("project.exec", json!({"name": idle, "command": ["echo", "back"]}));
+    assert_eq!(r["stdout"], "back\n");
+    assert_eq!(d.ok("project.stop", json!({"name": idle}))["status"], "stopped");
+    wait_actors(&d, 0);
+    assert_eq!(d.ok("project.start", json!({"name": idle}))["status"], "running");
+    assert!(d.log_text().contains("project actor retired"));
+}

@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::RegistryMsg;
+use super::supervisor::SupervisorMsg;
 use super::{ask, Ctx};
 use crate::error::{Error, ErrorKind};
 use crate::model::{CreateSpec, ImageRef, Pending, Project, ProjectName, Status};
@@ -28,11 +29,13 @@ pub struct ProjectActor;
 pub struct ProjectArgs {
     pub name: ProjectName,
     pub ctx: Arc<Ctx>,
+    pub supervisor: ActorRef<SupervisorMsg>,
 }
 
 pub struct ProjectState {
     name: ProjectName,
     ctx: Arc<Ctx>,
+    supervisor: ActorRef<SupervisorMsg>,
     /// The registry row; `None` when the project is not registered.
     project: Option<Project>,
     execs: Arc<ExecGate>,
@@ -80,6 +83,9 @@ pub enum ProjectMsg {
         cutoff: OffsetDateTime,
         reply: RpcReplyPort<Result<bool, Error>>,
     },
+    /// From the supervisor: stop if idle. An actor whose project has an exec running
+    /// declines (it holds that exec's cancel token).
+    Retire,
     /// Debug hook: panic inside the handler, to exercise supervision. The reply port is
     /// dropped by the panic, which is how the caller learns it happened.
     Panic(RpcReplyPort<()>),
@@ -535,7 +541,7 @@ impl Actor for ProjectActor {
         let reg = args.ctx.registry.get()?;
         let name = args.name.clone();
         let project = ask(&reg, "the registry", args.ctx.short_timeout(), |r| RegistryMsg::Get(name, r)).await?;
-        Ok(ProjectState { name: args.name, ctx: args.ctx, project, execs: Arc::default() })
+        Ok(ProjectState { name: args.name, ctx: args.ctx, supervisor: args.supervisor, project, execs: Arc::default() })
     }
 
     async fn post_start(&self, _me: ActorRef<Self::Msg>, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
@@ -551,7 +557,7 @@ impl Actor for ProjectActor {
 
     async fn handle(
         &self,
-        _me: ActorRef<Self::Msg>,
+        me: ActorRef<Self::Msg>,
         msg: Self::Msg,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -585,6 +591,15 @@ impl Actor for ProjectActor {
                 let idle = st.quiet_since(cutoff) && st.project.as_ref().is_some_and(|p| p.status == Status::Running);
                 let res = if idle { st.stop().await.map(|_| true) } else { Ok(false) };
                 let _ = reply.send(res);
+            }
+            ProjectMsg::Retire => {
+                if st.execs.running() > 0 {
+                    let _ = st.supervisor.cast(SupervisorMsg::RetireDeclined(st.name.clone(), me.get_id()));
+                } else {
+                    // Everything sent before the supervisor stopped handing this actor out
+                    // was ahead of this message and has been served.
+                    me.stop(Some("idle".into()));
+                }
             }
             ProjectMsg::Panic(_reply) => panic!("injected panic in the actor of project {}", st.name),
         }

@@ -2,8 +2,11 @@
 //! under itself, hands out project actors by name, and restarts any child that fails.
 //!
 //! A failed project actor is respawned with exponential backoff (its state is rebuilt
-//! from the registry and the engine); other projects never notice. The supervisor does
-//! no engine or disk work itself, so its mailbox stays quick.
+//! from the registry and the engine); other projects never notice. A project actor not
+//! handed out for `janitor.retire_actors_after` is asked to retire, so memory follows the
+//! active projects, not the registered ones: while it retires, requests for it wait here
+//! and go to its successor. The supervisor does no engine or disk work itself, so its
+//! mailbox stays quick.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,15 +34,32 @@ pub struct SupervisorState {
     state_dir: PathBuf,
     registry_id: ActorId,
     janitor: Option<ActorRef<JanitorMsg>>,
-    projects: HashMap<ProjectName, ActorRef<ProjectMsg>>,
+    projects: HashMap<ProjectName, Entry>,
     names: HashMap<ActorId, ProjectName>,
     /// Recent failures per project: (count within the window, time of the last one).
     failures: HashMap<ProjectName, (u32, Instant)>,
 }
 
+type ProjectReply = RpcReplyPort<Result<ActorRef<ProjectMsg>, Error>>;
+
+/// A live project actor.
+struct Entry {
+    actor: ActorRef<ProjectMsg>,
+    last_handout: Instant,
+    /// `Some` while the actor is asked to retire: requests for the project wait here and
+    /// are answered by the actor (if it declines) or its successor.
+    parked: Option<Vec<ProjectReply>>,
+}
+
 pub enum SupervisorMsg {
     /// The project's actor, spawned if it is not running.
-    Project(ProjectName, RpcReplyPort<Result<ActorRef<ProjectMsg>, Error>>),
+    Project(ProjectName, ProjectReply),
+    /// How many project actors are alive.
+    CountProjects(RpcReplyPort<usize>),
+    /// Timer: ask project actors idle past `retire_actors_after` to retire.
+    RetireIdle,
+    /// A project actor kept itself alive (an exec of its project is running).
+    RetireDeclined(ProjectName, ActorId),
     Janitor(RpcReplyPort<Option<ActorRef<JanitorMsg>>>),
     /// Respawns a failed project actor once its backoff has passed.
     Respawn(ProjectName),
@@ -60,27 +80,63 @@ pub fn backoff(n: u32) -> Duration {
 }
 
 impl SupervisorState {
+    /// Spawns the project's actor (there is no live one) and answers whatever requests
+    /// were parked for the one it replaces.
     async fn spawn_project(
         &mut self,
         me: &ActorRef<SupervisorMsg>,
         name: &ProjectName,
     ) -> Result<ActorRef<ProjectMsg>, Error> {
-        if let Some(a) = self.projects.get(name) {
+        let parked = match self.projects.remove(name) {
+            Some(old) => {
+                self.names.remove(&old.actor.get_id());
+                old.parked.unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        let args = ProjectArgs { name: name.clone(), ctx: self.ctx.clone(), supervisor: me.clone() };
+        let res = Actor::spawn_linked(None, ProjectActor, args, me.get_cell())
+            .await
+            .map(|(actor, _)| actor)
+            .map_err(|e| Error::internal(format!("cannot start the actor of project {name}: {e}")));
+        if let Ok(actor) = &res {
+            self.names.insert(actor.get_id(), name.clone());
+            self.projects
+                .insert(name.clone(), Entry { actor: actor.clone(), last_handout: Instant::now(), parked: None });
+        }
+        for reply in parked {
+            let _ = reply.send(res.clone());
+        }
+        res
+    }
+
+    /// Hands out the project's live actor, or parks the request while it retires, or
+    /// spawns one.
+    async fn project(&mut self, me: &ActorRef<SupervisorMsg>, name: ProjectName, reply: ProjectReply) {
+        if let Some(e) = self.projects.get_mut(&name) {
             // A failed actor stays in the map until its supervision event arrives; never
             // hand it out in that window.
-            if matches!(a.get_status(), ActorStatus::Starting | ActorStatus::Running) {
-                return Ok(a.clone());
+            if matches!(e.actor.get_status(), ActorStatus::Starting | ActorStatus::Running) {
+                match &mut e.parked {
+                    Some(parked) => parked.push(reply),
+                    None => {
+                        e.last_handout = Instant::now();
+                        let _ = reply.send(Ok(e.actor.clone()));
+                    }
+                }
+                return;
             }
-            self.names.remove(&a.get_id());
-            self.projects.remove(name);
         }
-        let args = ProjectArgs { name: name.clone(), ctx: self.ctx.clone() };
-        let (actor, _) = Actor::spawn_linked(None, ProjectActor, args, me.get_cell())
-            .await
-            .map_err(|e| Error::internal(format!("cannot start the actor of project {name}: {e}")))?;
-        self.names.insert(actor.get_id(), name.clone());
-        self.projects.insert(name.clone(), actor.clone());
-        Ok(actor)
+        let _ = reply.send(self.spawn_project(me, &name).await);
+    }
+
+    fn retire_idle(&mut self) {
+        let Some(after) = self.ctx.config.janitor.retire_actors_after.0 else { return };
+        for e in self.projects.values_mut() {
+            if e.parked.is_none() && e.last_handout.elapsed() >= after && e.actor.cast(ProjectMsg::Retire).is_ok() {
+                e.parked = Some(Vec::new());
+            }
+        }
     }
 
     async fn spawn_janitor(&mut self, me: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
@@ -132,6 +188,10 @@ impl Actor for Supervisor {
     }
 
     async fn post_start(&self, me: ActorRef<Self::Msg>, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if let Some(after) = st.ctx.config.janitor.retire_actors_after.0 {
+            let every = (after / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+            me.send_interval(every, || SupervisorMsg::RetireIdle);
+        }
         st.spawn_janitor(&me).await
     }
 
@@ -142,15 +202,27 @@ impl Actor for Supervisor {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::Project(name, reply) => {
-                let _ = reply.send(st.spawn_project(&me, &name).await);
+            SupervisorMsg::Project(name, reply) => st.project(&me, name, reply).await,
+            SupervisorMsg::CountProjects(reply) => {
+                let _ = reply.send(st.projects.len());
+            }
+            SupervisorMsg::RetireIdle => st.retire_idle(),
+            SupervisorMsg::RetireDeclined(name, id) => {
+                if let Some(e) = st.projects.get_mut(&name).filter(|e| e.actor.get_id() == id) {
+                    e.last_handout = Instant::now();
+                    for reply in e.parked.take().unwrap_or_default() {
+                        let _ = reply.send(Ok(e.actor.clone()));
+                    }
+                }
             }
             SupervisorMsg::Janitor(reply) => {
                 let _ = reply.send(st.janitor.clone());
             }
             SupervisorMsg::Respawn(name) => {
-                if let Err(e) = st.spawn_project(&me, &name).await {
-                    tracing::error!(project = %name, error = %e, "respawn failed; the next request retries");
+                if !st.projects.contains_key(&name) {
+                    if let Err(e) = st.spawn_project(&me, &name).await {
+                        tracing::error!(project = %name, error = %e, "respawn failed; the next request retries");
+                    }
                 }
             }
             SupervisorMsg::RespawnJanitor => {
@@ -186,16 +258,31 @@ impl Actor for Supervisor {
             tracing::error!(reason = ?failure, "janitor exited; restarting it");
             me.send_after(Duration::from_secs(1), || SupervisorMsg::RespawnJanitor);
         } else if let Some(name) = st.names.remove(&id) {
-            // Only forget the map entry if it is still this actor (a request may already
+            // Only handle the map entry if it is still this actor (a request may already
             // have replaced it).
-            if st.projects.get(&name).is_some_and(|a| a.get_id() == id) {
-                st.projects.remove(&name);
+            let waiting = st
+                .projects
+                .get(&name)
+                .filter(|e| e.actor.get_id() == id)
+                .map(|e| e.parked.as_ref().is_some_and(|p| !p.is_empty()));
+            if let Some(waiting) = waiting {
+                if waiting {
+                    // Requests are waiting for this project: serve them from a new actor now.
+                    if let Err(e) = st.spawn_project(&me, &name).await {
+                        tracing::error!(project = %name, error = %e, "could not replace a project actor");
+                    }
+                } else {
+                    st.projects.remove(&name);
+                }
             }
-            if let Some(reason) = failure {
-                let n = st.record_failure(&name);
-                let delay = backoff(n);
-                tracing::error!(project = %name, %reason, failures = n, ?delay, "project actor failed; restarting it");
-                me.send_after(delay, move || SupervisorMsg::Respawn(name));
+            match failure {
+                Some(reason) => {
+                    let n = st.record_failure(&name);
+                    let delay = backoff(n);
+                    tracing::error!(project = %name, %reason, failures = n, ?delay, "project actor failed; restarting it");
+                    me.send_after(delay, move || SupervisorMsg::Respawn(name));
+                }
+                None => tracing::debug!(project = %name, "project actor retired"),
             }
         }
         Ok(())

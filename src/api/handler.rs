@@ -145,6 +145,8 @@ impl Service {
     async fn info(&self) -> Result<Value, Error> {
         let rt = &self.ctx.runtimes;
         let projects = self.registry(RegistryMsg::Count).await?;
+        let actors =
+            ask(&self.supervisor, "the supervisor", self.ctx.short_timeout(), SupervisorMsg::CountProjects).await?;
         let mut docker = json!({"available": rt.docker_available()});
         if let (true, Some(v)) = (rt.docker_available(), rt.docker_version()) {
             docker["version"] = json!(v);
@@ -154,6 +156,7 @@ impl Service {
             "runtime": rt.primary().kind().as_str(),
             "docker": docker,
             "projects": projects,
+            "project_actors": actors,
         }))
     }
 
