@@ -394,6 +394,8 @@ async fn restart_and_rss() {
     while c.ok("daemon.info", json!({})).await["project_actors"] != 0 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Memory goes back to the system at the supervisor's next retire round (every 500 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_retired = r.rss_kib();
     drop(c);
     r.stop();

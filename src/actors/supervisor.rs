@@ -38,6 +38,8 @@ pub struct SupervisorState {
     names: HashMap<ActorId, ProjectName>,
     /// Recent failures per project: (count within the window, time of the last one).
     failures: HashMap<ProjectName, (u32, Instant)>,
+    /// Actors retired since memory was last handed back to the system.
+    retired: usize,
 }
 
 type ProjectReply = RpcReplyPort<Result<ActorRef<ProjectMsg>, Error>>;
@@ -132,6 +134,16 @@ impl SupervisorState {
 
     fn retire_idle(&mut self) {
         let Some(after) = self.ctx.config.janitor.retire_actors_after.0 else { return };
+        if self.retired > 0 {
+            // The allocator keeps freed memory for reuse; give back what the retired
+            // actors held, so that RSS follows the active projects.
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only walks the allocator's own free lists.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            self.retired = 0;
+        }
         for e in self.projects.values_mut() {
             if e.parked.is_none() && e.last_handout.elapsed() >= after && e.actor.cast(ProjectMsg::Retire).is_ok() {
                 e.parked = Some(Vec::new());
@@ -184,6 +196,7 @@ impl Actor for Supervisor {
             projects: HashMap::new(),
             names: HashMap::new(),
             failures: HashMap::new(),
+            retired: 0,
         })
     }
 
@@ -282,7 +295,10 @@ impl Actor for Supervisor {
                     tracing::error!(project = %name, %reason, failures = n, ?delay, "project actor failed; restarting it");
                     me.send_after(delay, move || SupervisorMsg::Respawn(name));
                 }
-                None => tracing::debug!(project = %name, "project actor retired"),
+                None => {
+                    st.retired += 1;
+                    tracing::debug!(project = %name, "project actor retired");
+                }
             }
         }
         Ok(())
