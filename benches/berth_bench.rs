@@ -296,17 +296,24 @@ async fn exec_and_status(docker: &Docker, wants: &dyn Fn(&str) -> bool) {
         // Warm both paths.
         run_load(4, 40, &projects, Some(docker), &d.socket).await;
         run_load(4, 40, &projects, None, &d.socket).await;
-        for (conc, total) in [(1usize, 300usize), (8, 600), (32, 800)] {
-            // Alternate halves so that drift on the machine hits both sides alike.
+        for (conc, total) in [(1usize, 400usize), (8, 640), (32, 768)] {
+            // Interleave small blocks, flipping which side goes first, so that drift on
+            // the machine (2 cores shared with the engine) hits both sides alike.
+            let block = (conc * 8).max(10);
             let (mut raw_l, mut raw_w) = (Vec::new(), Duration::ZERO);
             let (mut b_l, mut b_w) = (Vec::new(), Duration::ZERO);
-            for _ in 0..2 {
-                let (l, w) = run_load(conc, total / 2, &projects, Some(docker), &d.socket).await;
-                raw_l.extend(l);
-                raw_w += w;
-                let (l, w) = run_load(conc, total / 2, &projects, None, &d.socket).await;
-                b_l.extend(l);
-                b_w += w;
+            for i in 0..total.div_ceil(block) {
+                for side in [i % 2, 1 - i % 2] {
+                    let raw_side = side == 0;
+                    let (l, w) = run_load(conc, block, &projects, raw_side.then_some(docker), &d.socket).await;
+                    if raw_side {
+                        raw_l.extend(l);
+                        raw_w += w;
+                    } else {
+                        b_l.extend(l);
+                        b_w += w;
+                    }
+                }
             }
             let raw = stats(raw_l, raw_w);
             let b = stats(b_l, b_w);
