@@ -52,14 +52,7 @@ fn output_streams_while_the_command_runs() {
         }
     }
     std::fs::write(&go, "").unwrap();
-    let mut rest = Vec::new();
-    let resp = loop {
-        let m = c.read_msg();
-        if m.get("id").is_some() {
-            break m;
-        }
-        rest.push(m);
-    };
+    let (resp, rest) = c.read_response();
     let more: String = rest
         .iter()
         .filter(|m| m["params"]["stream"] == "stdout")
@@ -247,12 +240,7 @@ fn stopping_a_project_fails_its_running_execs() {
     );
     assert_eq!(c.read_msg()["params"]["data"], "up\n");
     d.ok("project.stop", json!({"name": name}));
-    let r = loop {
-        let m = c.read_msg();
-        if m.get("id").is_some() {
-            break m;
-        }
-    };
+    let (r, _) = c.read_response();
     assert_eq!(r["error"]["data"]["kind"], "runtime_error", "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("stopped or deleted"), "{r}");
 }

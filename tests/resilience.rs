@@ -216,12 +216,7 @@ fn idle_project_actors_retire_but_never_under_a_running_exec() {
     // The survivor still holds the exec: stopping busy fails it through the actor's cancel
     // token (a fresh actor could not; the exec would just die with its container).
     d.ok("project.stop", json!({"name": busy}));
-    let done = loop {
-        let m = long.read_msg();
-        if m.get("id").is_some() {
-            break m;
-        }
-    };
+    let (done, _) = long.read_response();
     assert!(done["error"]["message"].as_str().is_some_and(|m| m.contains("stopped or deleted")), "{done}");
     assert!(!go.exists());
     // Retired projects are served as before by a fresh actor, rebuilt from registry + engine.

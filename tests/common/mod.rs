@@ -304,6 +304,19 @@ impl Client {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON from berthd ({e}): {line}"))
     }
 
+    /// Reads until the next response (a message with an id); returns it and the
+    /// notifications that came before it.
+    pub fn read_response(&mut self) -> (Value, Vec<Value>) {
+        let mut notes = Vec::new();
+        loop {
+            let m = self.read_msg();
+            if m.get("id").is_some() {
+                return (m, notes);
+            }
+            notes.push(m);
+        }
+    }
+
     /// Sends a request and returns its response; notifications are dropped.
     pub fn call(&mut self, method: &str, params: Value) -> Value {
         self.call_collect(method, params).0
@@ -314,13 +327,8 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         self.send_line(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string());
-        let mut notes = Vec::new();
-        loop {
-            let m = self.read_msg();
-            if m.get("id") == Some(&json!(id)) {
-                return (m, notes);
-            }
-            notes.push(m);
-        }
+        let (m, notes) = self.read_response();
+        assert_eq!(m["id"], json!(id), "one request in flight on this connection");
+        (m, notes)
     }
 }
