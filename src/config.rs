@@ -36,6 +36,7 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub server: ServerConfig,
     pub container: ContainerConfig,
+    pub local: LocalConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +84,22 @@ pub struct RoutingConfig {
     pub container_tools: Vec<String>,
 }
 
+/// Running commands on the host, in the project's workspace. Off by default: without it
+/// nothing berth does runs on the host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    pub enabled: bool,
+    /// When berthd runs as root, local commands run as this user (never as root).
+    pub user: String,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self { enabled: false, user: "nobody".into() }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -96,6 +113,9 @@ pub struct ServerConfig {
     pub idle_timeout: Dur,
     /// On SIGTERM, how long in-flight requests get to finish before they are failed.
     pub shutdown_grace: Dur,
+    /// All execs' output held in memory at once (captured, or queued for a client),
+    /// across every connection; beyond it output is dropped and `truncated` set.
+    pub max_buffered: Size,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +130,12 @@ pub struct ContainerConfig {
     pub pids_limit: i64,
     /// CPU limit in cores (e.g. 1.5); 0 for none.
     pub cpus: f64,
+    /// Host address that published ports bind to.
+    pub publish_address: std::net::IpAddr,
+    /// Ceilings a project may ask up to; "0" / 0 means no ceiling.
+    pub max_memory: Size,
+    pub max_pids_limit: i64,
+    pub max_cpus: f64,
 }
 
 impl Default for DockerConfig {
@@ -161,13 +187,23 @@ impl Default for ServerConfig {
             max_in_flight: 64,
             idle_timeout: Dur(Duration::from_secs(600)),
             shutdown_grace: Dur(Duration::from_secs(5)),
+            max_buffered: Size(512 << 20),
         }
     }
 }
 
 impl Default for ContainerConfig {
     fn default() -> Self {
-        Self { profile: Profile::Default, memory: Size(4 << 30), pids_limit: 1024, cpus: 0.0 }
+        Self {
+            profile: Profile::Default,
+            memory: Size(4 << 30),
+            pids_limit: 1024,
+            cpus: 0.0,
+            publish_address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            max_memory: Size(4 << 30),
+            max_pids_limit: 1024,
+            max_cpus: 0.0,
+        }
     }
 }
 
@@ -198,13 +234,21 @@ impl Config {
                 "docker.network {net:?} must name a bridge network (never host, none or container:)"
             )));
         }
-        let limits = crate::model::Limits {
-            memory: Some(self.container.memory.0),
-            pids_limit: Some(self.container.pids_limit),
-            cpus: Some(self.container.cpus),
+        let c = &self.container;
+        let ceilings = crate::model::Limits {
+            memory: Some(c.max_memory.0),
+            pids_limit: Some(c.max_pids_limit),
+            cpus: Some(c.max_cpus),
             ..Default::default()
         };
-        limits.check().map_err(|e| ConfigError::Invalid(format!("[container]: {e}")))?;
+        ceilings.check().map_err(|e| ConfigError::Invalid(format!("[container] max_*: {e}")))?;
+        // The defaults themselves must be within the ceilings.
+        self.container_policy()
+            .resolve(&crate::model::Limits::default())
+            .map_err(|e| ConfigError::Invalid(format!("[container] defaults: {e}")))?;
+        if self.local.user.is_empty() {
+            return Err(ConfigError::Invalid("local.user must name a user".into()));
+        }
         self.socket_mode()?;
         for (key, d) in [
             ("janitor.reconcile_interval", self.janitor.reconcile_interval.0),
@@ -221,6 +265,20 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The `[container]` defaults, ceilings and profile floor.
+    pub fn container_policy(&self) -> crate::model::ContainerPolicy {
+        let c = &self.container;
+        crate::model::ContainerPolicy {
+            profile: c.profile,
+            memory: c.memory.0,
+            pids_limit: c.pids_limit,
+            cpus: c.cpus,
+            max_memory: c.max_memory.0,
+            max_pids_limit: c.max_pids_limit,
+            max_cpus: c.max_cpus,
+        }
     }
 
     pub fn socket_mode(&self) -> Result<u32, ConfigError> {

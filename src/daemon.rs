@@ -29,7 +29,7 @@ use crate::config::{self, Config};
 use crate::runtime::docker::{DockerRuntime, DockerSettings};
 use crate::runtime::local::LocalRuntime;
 use crate::runtime::Runtimes;
-use crate::workspace::Workspaces;
+use crate::workspace::{Access, Workspaces};
 
 #[derive(Debug, Parser)]
 #[command(name = "berthd", version, about = "berth supervisor daemon: one isolated container per project")]
@@ -144,16 +144,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("another berthd is already serving {}", socket.display());
     }
 
-    let workspaces = Workspaces::open(&state_dir)?;
-    let docker = DockerRuntime::new(DockerSettings::from_config(&config, &state_dir));
-    let runtimes = Runtimes::new(docker, Arc::new(LocalRuntime));
-    runtimes.refresh().await;
+    let (access, run_as) = workspace_access(&config, &gate)?;
+    let workspaces = Workspaces::open(&state_dir, access)?;
+    let docker = DockerRuntime::new(DockerSettings::from_config(&config, &state_dir, (access.uid, access.gid)));
+    let runtimes = Runtimes::new(docker, Arc::new(LocalRuntime { run_as }));
+    if !runtimes.refresh().await {
+        say_no_engine(&config, run_as);
+    }
     let debug_hooks = std::env::var("BERTH_DEBUG_HOOKS").is_ok_and(|v| v == "1");
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         workspaces,
         runtimes,
         registry: RegistryHandle::default(),
+        execs: Default::default(),
+        budget: crate::runtime::Budget::new(config.server.max_buffered.0 as usize),
         debug_hooks,
     });
 
@@ -218,6 +223,63 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("stopped; containers keep running");
     Ok(())
+}
+
+/// Who owns the workspaces, and whom local commands run as.
+///
+/// As root: workspaces belong to root, or to `[local] user` when local execution is on
+/// (local commands run as that user, never as root). Otherwise: to berthd's own user.
+/// With `socket_group` they are group-readable by it (0750), else private (0700).
+fn workspace_access(config: &Config, gate: &Gate) -> anyhow::Result<(Access, Option<(u32, u32)>)> {
+    let mut access = Access::own();
+    let mut run_as = None;
+    if access.uid == 0 && config.local.enabled {
+        let (uid, gid) = lookup_user(&config.local.user)
+            .with_context(|| format!("local.user {:?} does not exist on this host", config.local.user))?;
+        if uid == 0 {
+            bail!("local.user {:?} is root; local commands never run as root", config.local.user);
+        }
+        access.uid = uid;
+        access.gid = gid;
+        run_as = Some((uid, gid));
+    }
+    if !config.server.socket_group.is_empty() {
+        if let Some(g) = gate.group {
+            access.gid = g;
+            access.mode = 0o750;
+        }
+    }
+    Ok((access, run_as))
+}
+
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwnam_r writes only into `pwd` and `buf`, both owned here and sized.
+    let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut out) };
+    (rc == 0 && !out.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
+}
+
+/// Says loudly, once at start-up, that no engine answers and what that means.
+fn say_no_engine(config: &Config, run_as: Option<(u32, u32)>) {
+    let host = config.docker_host();
+    if config.local.enabled {
+        let who = match run_as {
+            Some(_) => format!("as user {:?}", config.local.user),
+            None => "as berthd's own user".to_string(),
+        };
+        tracing::warn!(
+            "NO CONTAINER ENGINE answers at {host}: projects without a container will run their commands ON THIS HOST \
+             ({who}, [local] enabled = true) until an engine answers"
+        );
+    } else {
+        tracing::warn!(
+            "NO CONTAINER ENGINE answers at {host}: projects can be created, but no command runs until an engine \
+             answers (local execution is off: [local] enabled = false)"
+        );
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

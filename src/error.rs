@@ -113,7 +113,12 @@ impl From<RuntimeError> for Error {
             RuntimeError::Unavailable(_) => ErrorKind::RuntimeUnavailable,
             RuntimeError::Timeout(_) => ErrorKind::Timeout,
             RuntimeError::InvalidWorkdir(_) => ErrorKind::InvalidParams,
-            RuntimeError::Engine(_) | RuntimeError::Image { .. } | RuntimeError::Io(_) => ErrorKind::RuntimeError,
+            RuntimeError::Forbidden(_) => ErrorKind::Forbidden,
+            RuntimeError::Engine(_)
+            | RuntimeError::NotFound(_)
+            | RuntimeError::Conflict(_)
+            | RuntimeError::Image { .. }
+            | RuntimeError::Io(_) => ErrorKind::RuntimeError,
         };
         Error::new(kind, e.to_string())
     }

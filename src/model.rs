@@ -221,7 +221,9 @@ impl Workdir {
 
 /// Parses a humantime duration within `[min, max]`, naming the value when it is refused.
 pub fn parse_duration(what: &str, s: &str, min: Duration, max: Duration) -> Result<Duration, ModelError> {
-    let d = humantime::parse_duration(s).map_err(|e| ModelError::Param(format!("invalid {what} {s:?}: {e}")))?;
+    let d = humantime::parse_duration(s).map_err(|e| {
+        ModelError::Param(format!("invalid {what} {s:?}: {e} (a duration such as \"30s\", \"10m\" or \"2h\")"))
+    })?;
     if d < min || d > max {
         return Err(ModelError::Param(format!(
             "invalid {what} {s:?}: must be between {} and {}",
@@ -447,6 +449,97 @@ impl Limits {
     }
 }
 
+/// What the operator allows: the `[container]` defaults a project starts from, and the
+/// ceilings and profile floor it can never get past. A request can tighten, never loosen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerPolicy {
+    pub profile: Profile,
+    pub memory: u64,
+    pub pids_limit: i64,
+    pub cpus: f64,
+    /// 0 means no ceiling, for each of these.
+    pub max_memory: u64,
+    pub max_pids_limit: i64,
+    pub max_cpus: f64,
+}
+
+impl Profile {
+    /// How much a profile restricts: a request may only ask for at least the floor's.
+    fn strictness(self) -> u8 {
+        match self {
+            Profile::Default => 0,
+            Profile::Strict => 1,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Default => "default",
+            Profile::Strict => "strict",
+        }
+    }
+}
+
+impl ContainerPolicy {
+    /// The effective limits of a project asking for `asked`: every field filled (defaults
+    /// for what was not asked), each within the ceilings; refusals name the limit.
+    pub fn resolve(&self, asked: &Limits) -> Result<Limits, ModelError> {
+        asked.check()?;
+        let refuse = |what: String| Err(ModelError::Param(what));
+        let profile = asked.profile.unwrap_or(self.profile);
+        if profile.strictness() < self.profile.strictness() {
+            return refuse(format!(
+                "profile {:?} is looser than the daemon's floor [container] profile = {:?}",
+                profile.as_str(),
+                self.profile.as_str()
+            ));
+        }
+        let memory = asked.memory.unwrap_or(self.memory);
+        if self.max_memory > 0 && (memory == 0 || memory > self.max_memory) {
+            let asked = if memory == 0 { "0 (no limit)".to_string() } else { format_size(memory) };
+            return refuse(format!(
+                "memory {asked} is above the daemon's ceiling [container] max_memory = {}",
+                format_size(self.max_memory)
+            ));
+        }
+        let pids = asked.pids_limit.unwrap_or(self.pids_limit);
+        if self.max_pids_limit > 0 && (pids == 0 || pids > self.max_pids_limit) {
+            let asked = if pids == 0 { "0 (no limit)".to_string() } else { pids.to_string() };
+            return refuse(format!(
+                "pids_limit {asked} is above the daemon's ceiling [container] max_pids_limit = {}",
+                self.max_pids_limit
+            ));
+        }
+        let cpus = asked.cpus.unwrap_or(self.cpus);
+        if self.max_cpus > 0.0 && (cpus == 0.0 || cpus > self.max_cpus) {
+            let asked = if cpus == 0.0 { "0 (no limit)".to_string() } else { cpus.to_string() };
+            return refuse(format!(
+                "cpus {asked} is above the daemon's ceiling [container] max_cpus = {}",
+                self.max_cpus
+            ));
+        }
+        let resolved = Limits {
+            profile: Some(profile),
+            offline: Some(asked.offline.unwrap_or(false)),
+            memory: Some(memory),
+            pids_limit: Some(pids),
+            cpus: Some(cpus),
+        };
+        resolved.check()?;
+        Ok(resolved)
+    }
+}
+
+/// A byte count in the largest binary unit that divides it ("4GiB", "1536MiB", "100B").
+pub fn format_size(n: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    format!("{n}B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,6 +650,53 @@ mod tests {
             assert_eq!(s.can_exec_directly(), direct, "{s:?} exec directly");
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }
+    }
+
+    fn policy() -> ContainerPolicy {
+        ContainerPolicy {
+            profile: Profile::Default,
+            memory: 1 << 30,
+            pids_limit: 256,
+            cpus: 1.0,
+            max_memory: 4 << 30,
+            max_pids_limit: 1024,
+            max_cpus: 2.0,
+        }
+    }
+
+    #[test]
+    fn limits_can_tighten_but_never_loosen_table() {
+        let p = policy();
+        let ok = |l: Limits| p.resolve(&l).unwrap();
+        let got = ok(Limits::default());
+        assert_eq!(
+            (got.profile, got.offline, got.memory, got.pids_limit, got.cpus),
+            (Some(Profile::Default), Some(false), Some(1 << 30), Some(256), Some(1.0)),
+            "the defaults fill what was not asked"
+        );
+        assert_eq!(ok(Limits { memory: Some(4 << 30), ..Default::default() }).memory, Some(4 << 30));
+        assert_eq!(ok(Limits { profile: Some(Profile::Strict), ..Default::default() }).profile, Some(Profile::Strict));
+        assert_eq!(ok(Limits { cpus: Some(1.5), ..Default::default() }).cpus, Some(1.5));
+        // (asked, the words the refusal must contain)
+        let bad = [
+            (Limits { memory: Some(5 << 30), ..Default::default() }, "max_memory = 4GiB"),
+            (Limits { memory: Some(0), ..Default::default() }, "0 (no limit)"),
+            (Limits { pids_limit: Some(2048), ..Default::default() }, "max_pids_limit = 1024"),
+            (Limits { pids_limit: Some(0), ..Default::default() }, "max_pids_limit"),
+            (Limits { cpus: Some(3.0), ..Default::default() }, "max_cpus = 2"),
+            (Limits { cpus: Some(0.0), ..Default::default() }, "max_cpus"),
+        ];
+        for (asked, words) in bad {
+            let e = p.resolve(&asked).unwrap_err().to_string();
+            assert!(e.contains(words), "{asked:?}: {e}");
+        }
+        let strict = ContainerPolicy { profile: Profile::Strict, ..policy() };
+        let e = strict.resolve(&Limits { profile: Some(Profile::Default), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("[container] profile = \"strict\""), "{e}");
+        // No ceiling: "no limit" is allowed.
+        let open = ContainerPolicy { max_memory: 0, max_pids_limit: 0, max_cpus: 0.0, ..policy() };
+        let got = open.resolve(&Limits { memory: Some(0), pids_limit: Some(0), ..Default::default() }).unwrap();
+        assert_eq!((got.memory, got.pids_limit), (Some(0), Some(0)));
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! so it cannot leave the state dir by name. It also refuses to work through a symlink
 //! planted at `projects/`, `archive/` or a workspace: such a link is an error, never
 //! followed. It does not know about containers or the registry.
+//!
+//! Nothing here is reachable by other local users: the state dir and `projects/` are
+//! 0711 (traversable, not listable), `archive/` is 0700, and every workspace is 0700
+//! (0750 for `socket_group`), owned by the user that runs commands there. So a file a
+//! container plants in a workspace (a setuid binary, say) is out of everyone else's reach.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -24,21 +29,44 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WorkspaceError + '_ {
     move |source| WorkspaceError::Io { path: path.to_path_buf(), source }
 }
 
+/// Who owns each workspace and with what mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+impl Access {
+    /// berthd's own user, 0700: what an unprivileged daemon can do.
+    pub fn own() -> Access {
+        // SAFETY: geteuid/getegid cannot fail.
+        unsafe { Access { uid: libc::geteuid(), gid: libc::getegid(), mode: 0o700 } }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Workspaces {
     projects: PathBuf,
     archive: PathBuf,
+    access: Access,
 }
 
 impl Workspaces {
-    /// Makes the state dir layout if missing and checks none of it is a symlink.
-    pub fn open(state_dir: &Path) -> Result<Workspaces, WorkspaceError> {
+    /// Makes the state dir layout if missing, checks none of it is a symlink, and makes
+    /// it unlistable by other users.
+    pub fn open(state_dir: &Path, access: Access) -> Result<Workspaces, WorkspaceError> {
         std::fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
-        let ws = Workspaces { projects: state_dir.join("projects"), archive: state_dir.join("archive") };
-        for dir in [&ws.projects, &ws.archive] {
+        let ws = Workspaces { projects: state_dir.join("projects"), archive: state_dir.join("archive"), access };
+        for (dir, mode) in [(state_dir, 0o711), (&ws.projects, 0o711), (&ws.archive, 0o700)] {
             ensure_real_dir(dir)?;
+            set_mode(dir, mode)?;
         }
         Ok(ws)
+    }
+
+    pub fn access(&self) -> Access {
+        self.access
     }
 
     pub fn path(&self, name: &ProjectName) -> PathBuf {
@@ -53,14 +81,19 @@ impl Workspaces {
     pub fn ensure(&self, name: &ProjectName) -> Result<bool, WorkspaceError> {
         ensure_real_dir(&self.projects)?;
         let path = self.path(name);
-        match std::fs::create_dir(&path) {
-            Ok(()) => Ok(true),
+        let made = match std::fs::create_dir(&path) {
+            Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 check_real_dir(&path)?;
-                Ok(false)
+                false
             }
-            Err(e) => Err(io_err(&path)(e)),
-        }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        // Also for a workspace made before: ownership and mode follow the config.
+        let a = self.access;
+        std::os::unix::fs::lchown(&path, Some(a.uid), Some(a.gid)).map_err(io_err(&path))?;
+        set_mode(&path, a.mode)?;
+        Ok(made)
     }
 
     pub fn exists(&self, name: &ProjectName) -> bool {
@@ -129,6 +162,11 @@ fn ensure_real_dir(dir: &Path) -> Result<(), WorkspaceError> {
     }
 }
 
+fn set_mode(dir: &Path, mode: u32) -> Result<(), WorkspaceError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io_err(dir))
+}
+
 fn check_real_dir(dir: &Path) -> Result<(), WorkspaceError> {
     let meta = std::fs::symlink_metadata(dir).map_err(io_err(dir))?;
     if meta.file_type().is_symlink() || !meta.is_dir() {
@@ -148,7 +186,7 @@ mod tests {
     #[test]
     fn ensure_archive_purge() {
         let dir = tempfile::tempdir().unwrap();
-        let ws = Workspaces::open(dir.path()).unwrap();
+        let ws = Workspaces::open(dir.path(), Access::own()).unwrap();
         let n = name("p1");
         assert!(ws.ensure(&n).unwrap());
         assert!(!ws.ensure(&n).unwrap());
@@ -168,11 +206,32 @@ mod tests {
     }
 
     #[test]
+    fn nothing_is_listable_or_readable_by_other_users() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let ws = Workspaces::open(&state, Access::own()).unwrap();
+        let n = name("p1");
+        ws.ensure(&n).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&state), 0o711);
+        assert_eq!(mode(&state.join("projects")), 0o711);
+        assert_eq!(mode(&state.join("archive")), 0o700);
+        assert_eq!(mode(&ws.path(&n)), 0o700);
+        // A workspace made before with a looser mode is tightened when next used.
+        set_mode(&ws.path(&n), 0o777).unwrap();
+        ws.ensure(&n).unwrap();
+        assert_eq!(mode(&ws.path(&n)), 0o700);
+        let archived = ws.archive(&n, OffsetDateTime::now_utc()).unwrap().unwrap();
+        assert_eq!(mode(&archived), 0o700, "archived workspaces keep their mode");
+    }
+
+    #[test]
     fn planted_symlinks_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("keep"), "x").unwrap();
-        let ws = Workspaces::open(dir.path()).unwrap();
+        let ws = Workspaces::open(dir.path(), Access::own()).unwrap();
         let n = name("evil");
         std::os::unix::fs::symlink(outside.path(), ws.path(&n)).unwrap();
         assert!(matches!(ws.ensure(&n), Err(WorkspaceError::NotADir(_))));
@@ -188,7 +247,7 @@ mod tests {
         let victim = outside.path().join("evil");
         std::fs::create_dir(&victim).unwrap();
         std::fs::write(victim.join("keep"), "x").unwrap();
-        let ws = Workspaces::open(dir.path()).unwrap();
+        let ws = Workspaces::open(dir.path(), Access::own()).unwrap();
         std::fs::remove_dir(dir.path().join("projects")).unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("projects")).unwrap();
         let n = name("evil");

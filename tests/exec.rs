@@ -250,18 +250,27 @@ fn local_execution_has_the_same_semantics() {
     if !docker_available() {
         return;
     }
-    let d = Daemon::start("[exec]\nmax_output = \"1KiB\"\n");
+    let d = Daemon::start("[exec]\nmax_output = \"1KiB\"\n[local]\nenabled = true\n");
     let name = d.name("loc");
     d.ok("project.create", json!({"name": name}));
     let ws = d.state.join("projects").join(&name).canonicalize().unwrap();
     let r = d.ok(
         "project.exec",
         json!({"name": name, "local": true, "env": {"V": "1"},
-        "command": ["sh", "-c", "pwd; echo $V; echo e >&2"]}),
+        "command": ["sh", "-c", "pwd; echo $V; echo e >&2; id -u; echo made > f"]}),
     );
     assert_eq!(r["runtime"], "local");
-    assert_eq!(r["stdout"], format!("{}\n1\n", ws.display()));
+    // As root, berthd runs local commands as `local.user` (nobody), never as root, and
+    // they can write their workspace.
+    let uid =
+        if unsafe { libc::geteuid() } == 0 { "65534".to_string() } else { unsafe { libc::geteuid() }.to_string() };
+    assert_eq!(r["stdout"], format!("{}\n1\n{uid}\n", ws.display()));
     assert_eq!(r["stderr"], "e\n");
+    assert_eq!(std::fs::read_to_string(ws.join("f")).unwrap(), "made\n");
+    // The container side can still write the same workspace.
+    let c = d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", "echo from-container >> f"]}));
+    assert_eq!(c["exit_code"], 0, "{c}");
+    assert_eq!(std::fs::read_to_string(ws.join("f")).unwrap(), "made\nfrom-container\n");
     // Timeout kills the process group.
     let t = d.ok(
         "project.exec",
@@ -298,18 +307,50 @@ fn local_execution_has_the_same_semantics() {
 }
 
 #[test]
+fn without_local_execution_nothing_runs_on_the_host() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("[routing]\ncontainer_tools = [\"shell\"]\n");
+    let name = d.name("noloc");
+    d.ok("project.create", json!({"name": name}));
+    // `local: true` is refused, naming the key that would allow it.
+    let e =
+        d.rpc("project.exec", json!({"name": name, "local": true, "command": ["touch", "/tmp/berth-must-not-exist"]}));
+    assert_eq!(e["error"]["data"]["kind"], "forbidden", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("[local] enabled"), "{e}");
+    assert!(!std::path::Path::new("/tmp/berth-must-not-exist").exists());
+    // A tool not routed to the container still runs in the container.
+    for tool in ["git", "shell"] {
+        let r = d.ok("project.exec", json!({"name": name, "tool": tool, "command": ["cat", "/proc/1/cmdline"]}));
+        assert_eq!(r["runtime"], "docker", "{tool}: {r}");
+        assert!(r["stdout"].as_str().unwrap().contains("docker-init"), "{tool} ran in the container: {r}");
+    }
+    // The CLI's --local says the same.
+    let o = d.berth(&["exec", "--local", &name, "--", "true"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("[local] enabled"), "{o:?}");
+}
+
+#[test]
 fn tools_are_routed_by_config() {
     if !docker_available() {
         return;
     }
-    let d = Daemon::start("[routing]\ncontainer_tools = [\"shell\", \"python\"]\n");
+    let d = Daemon::start("[routing]\ncontainer_tools = [\"shell\", \"python\"]\n[local]\nenabled = true\n");
     let name = d.name("route");
     d.ok("project.create", json!({"name": name}));
     let r = d.ok("project.exec", json!({"name": name, "tool": "shell", "command": ["cat", "/proc/1/cmdline"]}));
     assert_eq!(r["runtime"], "docker");
     assert!(r["stdout"].as_str().unwrap().contains("docker-init"), "ran in the container: {r}");
-    let r = d.ok("project.exec", json!({"name": name, "tool": "git", "command": ["pwd"]}));
+    // An unrouted tool runs on the host, in the workspace, and never as root.
+    let ws = d.state.join("projects").join(&name).canonicalize().unwrap();
+    let r = d.ok("project.exec", json!({"name": name, "tool": "git", "command": ["sh", "-c", "pwd; id -u"]}));
     assert_eq!(r["runtime"], "local");
+    let mut lines = r["stdout"].as_str().unwrap().lines();
+    assert_eq!(lines.next(), Some(ws.to_str().unwrap()), "{r}");
+    let uid: u32 = lines.next().unwrap().parse().unwrap();
+    assert!(uid != 0 || unsafe { libc::geteuid() } != 0, "a local command ran as root: {r}");
     let o = d.berth(&["exec", "--tool", "shell", "--json", &name, "--", "true"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["runtime"], "docker");

@@ -15,10 +15,12 @@ use serde_json::json;
 
 const ENGINE: &str = "/var/run/docker.sock";
 
-/// A Unix-socket proxy to the engine that can be switched off, dropping every connection.
+/// A Unix-socket proxy to the engine that can be switched off, dropping every connection,
+/// or made to hang (requests are swallowed, nothing is answered: a slow engine).
 struct Proxy {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    hang: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<UnixStream>>>,
     accept: Option<std::thread::JoinHandle<()>>,
 }
@@ -28,8 +30,9 @@ impl Proxy {
         let listener = UnixListener::bind(path).expect("bind proxy");
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
+        let hang = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
-        let (s, c) = (stop.clone(), conns.clone());
+        let (s, c, h) = (stop.clone(), conns.clone(), hang.clone());
         let accept = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 match listener.accept() {
@@ -38,14 +41,19 @@ impl Proxy {
                         let Ok(upstream) = UnixStream::connect(ENGINE) else { continue };
                         c.lock().unwrap().push(client.try_clone().unwrap());
                         c.lock().unwrap().push(upstream.try_clone().unwrap());
-                        pump(client.try_clone().unwrap(), upstream.try_clone().unwrap());
-                        pump(upstream, client);
+                        pump(client.try_clone().unwrap(), upstream.try_clone().unwrap(), Some(h.clone()));
+                        pump(upstream, client, None);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        Proxy { path: path.to_path_buf(), stop, conns, accept: Some(accept) }
+        Proxy { path: path.to_path_buf(), stop, hang, conns, accept: Some(accept) }
+    }
+
+    /// While set, requests reach the proxy and are never answered.
+    fn set_hang(&self, on: bool) {
+        self.hang.store(on, Ordering::SeqCst);
     }
 
     /// The engine "goes away": no socket, every open connection cut.
@@ -61,9 +69,23 @@ impl Proxy {
     }
 }
 
-fn pump(mut from: UnixStream, mut to: UnixStream) {
+/// Copies `from` to `to` on a thread; while `hang` is set, what is read is dropped.
+fn pump(mut from: UnixStream, mut to: UnixStream, hang: Option<Arc<AtomicBool>>) {
+    use std::io::{Read, Write};
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if hang.as_ref().is_some_and(|h| h.load(Ordering::SeqCst)) {
+                continue;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
         let _ = to.shutdown(std::net::Shutdown::Write);
     });
 }
@@ -76,6 +98,14 @@ fn wait_for_runtime(d: &Daemon, want: &str) {
     }
 }
 
+fn wait_for_engine(d: &Daemon, available: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.ok("daemon.info", json!({}))["docker"]["available"] != available {
+        assert!(Instant::now() < deadline, "docker.available never became {available}; log:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn engine_appears_later_goes_away_and_comes_back() {
     if !docker_available() {
@@ -84,7 +114,8 @@ fn engine_appears_later_goes_away_and_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let proxy_path = dir.path().join("engine.sock");
     let d = Daemon::start(&format!(
-        "[docker]\nhost = \"unix://{}\"\ndefault_image = \"{IMAGE}\"\n[janitor]\nreconcile_interval = \"1s\"\n",
+        "[docker]\nhost = \"unix://{}\"\ndefault_image = \"{IMAGE}\"\n[janitor]\nreconcile_interval = \"1s\"\n\
+         [local]\nenabled = true\n",
         proxy_path.display()
     ));
     // No engine yet: local mode.
@@ -120,5 +151,36 @@ fn engine_appears_later_goes_away_and_comes_back() {
     let r = d.ok("project.exec", json!({"name": late, "command": ["echo", "back"]}));
     assert_eq!(r["stdout"], "back\n");
     assert_eq!(docker_inspect(&format!("berth-{early}"), "{{.State.Running}}").unwrap(), "true");
+    proxy.stop();
+}
+
+#[test]
+fn a_slow_engine_is_not_an_absent_one_nothing_falls_back_to_the_host() {
+    if !docker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_path = dir.path().join("engine.sock");
+    let d = Daemon::start(&format!(
+        "[docker]\nhost = \"unix://{}\"\ndefault_image = \"{IMAGE}\"\napi_timeout = \"1s\"\n\
+         [janitor]\nreconcile_interval = \"1h\"\n[local]\nenabled = true\n",
+        proxy_path.display()
+    ));
+    // Made while no engine answered: it has no container, so it may run on the host while
+    // the engine is absent...
+    let name = d.name("slow");
+    assert_eq!(d.ok("project.create", json!({"name": name}))["status"], "created");
+    let proxy = Proxy::start(&proxy_path);
+    wait_for_engine(&d, true);
+    // ...but not while it is merely slow: the exec fails with a timeout, and nothing ran.
+    proxy.set_hang(true);
+    let r = d.rpc("project.exec", json!({"name": name, "command": ["sh", "-c", "touch /workspace/ran-somewhere"]}));
+    assert_eq!(r["error"]["data"]["kind"], "timeout", "{r}");
+    assert!(!d.state.join("projects").join(&name).join("ran-somewhere").exists(), "it ran on the host");
+    assert_eq!(d.ok("daemon.info", json!({}))["docker"]["available"], true, "a slow engine stays available");
+    // Once the engine answers again, the exec runs in the container.
+    proxy.set_hang(false);
+    let r = d.ok("project.exec", json!({"name": name, "command": ["cat", "/proc/1/cmdline"]}));
+    assert_eq!(r["runtime"], "docker", "{r}");
     proxy.stop();
 }

@@ -35,16 +35,39 @@ fn a_panicking_project_actor_is_restarted_and_others_do_not_notice() {
     assert!(d.log_text().contains("project actor failed; restarting it"));
 }
 
+/// A daemon pointed at an engine socket that does not exist, with `extra` config.
+fn without_engine(extra: &str) -> (tempfile::TempDir, Daemon) {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-docker.sock");
+    let d = Daemon::start(&format!("[docker]\nhost = \"unix://{}\"\n{extra}", missing.display()));
+    (dir, d)
+}
+
+#[test]
+fn without_an_engine_and_without_local_execution_nothing_runs() {
+    let (_dir, d) = without_engine("");
+    let info = d.ok("daemon.info", json!({}));
+    assert_eq!(info["docker"]["available"], false);
+    assert_eq!(info["runtime"], "docker", "nothing runs on the host: {info}");
+    assert!(d.log_text().contains("NO CONTAINER ENGINE"), "berthd says it loudly at start-up");
+    let name = d.name("offline");
+    assert_eq!(d.ok("project.create", json!({"name": name}))["status"], "created");
+    let e = d.rpc("project.exec", json!({"name": name, "command": ["sh", "-c", "touch ran"]}));
+    assert_eq!(e["error"]["data"]["kind"], "runtime_unavailable", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("[local] enabled = false"), "{e}");
+    assert_eq!(d.err_kind("project.exec", json!({"name": name, "local": true, "command": ["true"]})), "forbidden");
+    assert!(!d.state.join("projects").join(&name).join("ran").exists());
+}
+
 #[test]
 fn without_an_engine_projects_are_created_and_exec_runs_locally() {
     // Needs no engine at all: points berthd at a socket that does not exist.
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-docker.sock");
-    let d = Daemon::start(&format!("[docker]\nhost = \"unix://{}\"\n", missing.display()));
+    let (_dir, d) = without_engine("[local]\nenabled = true\n");
     let info = d.ok("daemon.info", json!({}));
     assert_eq!(info["runtime"], "local");
     assert_eq!(info["docker"]["available"], false);
     assert!(info["docker"].get("version").is_none());
+    assert!(d.log_text().contains("ON THIS HOST"), "berthd says it loudly at start-up");
 
     let name = d.name("offline");
     let p = d.ok("project.create", json!({"name": name}));

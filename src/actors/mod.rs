@@ -24,6 +24,10 @@ pub struct Ctx {
     pub workspaces: Workspaces,
     pub runtimes: Runtimes,
     pub registry: RegistryHandle,
+    /// Every project's running execs, kept outside the project actors.
+    pub execs: project::ExecTable,
+    /// The cap on exec output held in memory, across all connections.
+    pub budget: std::sync::Arc<crate::runtime::Budget>,
     /// Debug hooks (`debug.*` methods) are served only when this is set.
     pub debug_hooks: bool,
 }

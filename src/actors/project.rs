@@ -7,8 +7,9 @@
 //! Durable state is the registry row and the engine; a restarted actor rebuilds from the
 //! row in `pre_start` and from the engine in `post_start`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::RegistryMsg;
 use super::supervisor::SupervisorMsg;
 use super::{ask, Ctx};
+use crate::config::Config;
 use crate::error::{Error, ErrorKind};
 use crate::model::{CreateSpec, ImageRef, Pending, Project, ProjectName, Status};
 use crate::runtime::{ContainerInfo, ContainerSpec, RuntimeError, RuntimeKind};
@@ -30,6 +32,8 @@ pub struct ProjectArgs {
     pub name: ProjectName,
     pub ctx: Arc<Ctx>,
     pub supervisor: ActorRef<SupervisorMsg>,
+    /// Set while the actor works on a message: the supervisor never retires a busy actor.
+    pub busy: Arc<AtomicBool>,
 }
 
 pub struct ProjectState {
@@ -38,7 +42,10 @@ pub struct ProjectState {
     supervisor: ActorRef<SupervisorMsg>,
     /// The registry row; `None` when the project is not registered.
     project: Option<Project>,
+    /// Lives in `Ctx::execs`, not here, so that execs stay cancellable across a restart
+    /// of this actor.
     execs: Arc<ExecGate>,
+    busy: Arc<AtomicBool>,
 }
 
 /// A change that reconcile made to one project.
@@ -58,15 +65,16 @@ pub enum ProjectMsg {
     },
     Start(RpcReplyPort<Result<Project, Error>>),
     Stop(RpcReplyPort<Result<Project, Error>>),
+    /// Replies with where the workspace went (`None`: purged, or there was none).
     Delete {
         purge: bool,
-        reply: RpcReplyPort<Result<(), Error>>,
+        reply: RpcReplyPort<Result<Option<PathBuf>, Error>>,
     },
     /// Gets the project ready for one exec (starting or re-creating its container when it
     /// runs there) and hands out a lease.
     PrepareExec {
         auto_create: Option<CreateSpec>,
-        place: Placement,
+        ask: ExecAsk,
         reply: RpcReplyPort<Result<ExecLease, Error>>,
     },
     /// Compares the row with the engine and converges; replies with what changed.
@@ -91,18 +99,82 @@ pub enum ProjectMsg {
     Panic(RpcReplyPort<()>),
 }
 
-/// Where an exec should run.
+/// What an exec request says about where it wants to run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecAsk {
+    /// `local: true`.
+    pub local: bool,
+    /// The `tool` the request names, for `[routing]`.
+    pub tool: Option<String>,
+    /// Ask the engine afresh (the container vanished since the actor last looked).
+    pub recheck: bool,
+}
+
+/// Where one exec runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    /// On the host, in the workspace (`local: true`).
-    Local,
-    /// In the container if the engine answers, else locally (tool routing).
-    ContainerIfAvailable,
-    /// In the container; locally only for a project that has no container yet and no
-    /// engine to make one.
-    Auto,
-    /// In the container, asking the engine afresh (after the container vanished).
-    Recheck,
+pub enum Where {
+    Container,
+    Host,
+}
+
+/// The one place that decides where an exec runs.
+///
+/// Nothing runs on the host unless `[local] enabled`: then `local: true` and tools not
+/// routed to the container run there, and a project that never had a container (status
+/// `created`) runs there while no engine answers. A project that has a container never
+/// silently moves to the host. `engine` is whether the engine answers at all: a slow
+/// engine is not an absent one (timeouts never clear it).
+pub fn decide(ask: &ExecAsk, cfg: &Config, engine: bool, name: &ProjectName, status: Status) -> Result<Where, Error> {
+    let local = cfg.local.enabled;
+    if ask.local && !ask.recheck {
+        if !local {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "local execution is disabled: `local: true` for project {name} needs [local] enabled = true in berthd's config"
+                ),
+            ));
+        }
+        return Ok(Where::Host);
+    }
+    if let Some(tool) = &ask.tool {
+        if local && !ask.recheck && !cfg.routing.container_tools.iter().any(|t| t == tool) {
+            return Ok(Where::Host);
+        }
+    }
+    if engine {
+        return Ok(Where::Container);
+    }
+    if status == Status::Created && local {
+        return Ok(Where::Host);
+    }
+    let why = if status == Status::Created {
+        format!("project {name} has no container yet, no container engine answers, and local execution is off ([local] enabled = false)")
+    } else {
+        format!("project {name} runs in a container and no container engine answers")
+    };
+    Err(Error::new(ErrorKind::RuntimeUnavailable, why))
+}
+
+/// The exec gates of every project, outside the project actors: an actor that panics
+/// and is restarted takes its project's gate back, so the execs it leased stay
+/// cancellable by its successor.
+#[derive(Default)]
+pub struct ExecTable(Mutex<HashMap<ProjectName, Arc<ExecGate>>>);
+
+impl ExecTable {
+    pub fn gate(&self, name: &ProjectName) -> Arc<ExecGate> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(name.clone()).or_default().clone()
+    }
+
+    /// Drops a deleted project's gate once nothing runs under it.
+    pub fn forget(&self, name: &ProjectName) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(name).is_some_and(|g| g.running() == 0) {
+            map.remove(name);
+        }
+    }
 }
 
 /// The running execs of one project: counted (a project with an exec running is never
@@ -144,6 +216,8 @@ impl Drop for ExecGuard {
 pub struct ExecLease {
     pub project: Project,
     pub runtime: RuntimeKind,
+    /// This exec created the project (auto-create).
+    pub auto_created: bool,
     /// Cancelled when the project is stopped or deleted.
     pub cancel: CancellationToken,
     pub guard: ExecGuard,
@@ -415,58 +489,51 @@ impl ProjectState {
         }))
     }
 
-    async fn prepare_exec(&mut self, auto_create: Option<CreateSpec>, place: Placement) -> Result<ExecLease, Error> {
+    async fn prepare_exec(&mut self, auto_create: Option<CreateSpec>, ask: ExecAsk) -> Result<ExecLease, Error> {
+        let mut auto_created = false;
         if self.project.is_none() {
             match auto_create {
                 Some(spec) => {
                     self.create(spec, true).await?;
+                    auto_created = true;
                 }
                 None => return Err(Error::not_found(&self.name)),
             }
         }
         let mut p = self.require_settled(Status::can_exec)?;
+        let cfg = &self.ctx.config;
         let engine = self.ctx.runtimes.docker_available();
-        let container = match place {
-            Placement::Local => false,
-            Placement::ContainerIfAvailable => engine,
-            // A project that lives in a container never silently runs on the host: only
-            // one that has no container yet degrades to local execution.
-            Placement::Auto => {
-                if !engine && p.status != Status::Created {
-                    return Err(Error::new(
-                        ErrorKind::RuntimeUnavailable,
-                        format!("project {} runs in a container and no container engine answers", self.name),
-                    ));
-                }
-                engine
-            }
-            Placement::Recheck => true,
-        };
-        let runtime = if container {
-            if place == Placement::Recheck || !p.status.can_exec_directly() {
-                match self.ensure_container(&p).await {
-                    Ok(_) => p.status = Status::Running,
-                    Err(e) if e.kind == ErrorKind::RuntimeUnavailable && p.status == Status::Created => {
-                        return self.lease(p, RuntimeKind::Local).await;
+        let runtime = match decide(&ask, cfg, engine, &self.name, p.status)? {
+            Where::Host => RuntimeKind::Local,
+            Where::Container => {
+                if ask.recheck || !p.status.can_exec_directly() {
+                    match self.ensure_container(&p).await {
+                        Ok(_) => p.status = Status::Running,
+                        // The engine went away just now (refused, not slow): decide again
+                        // as without an engine.
+                        Err(e) if e.kind == ErrorKind::RuntimeUnavailable => {
+                            match decide(&ask, cfg, false, &self.name, p.status) {
+                                Ok(Where::Host) => return self.lease(p, RuntimeKind::Local, auto_created).await,
+                                _ => return Err(e),
+                            }
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
                 }
+                RuntimeKind::Docker
             }
-            RuntimeKind::Docker
-        } else {
-            RuntimeKind::Local
         };
-        self.lease(p, runtime).await
+        self.lease(p, runtime, auto_created).await
     }
 
-    async fn lease(&mut self, mut p: Project, runtime: RuntimeKind) -> Result<ExecLease, Error> {
+    async fn lease(&mut self, mut p: Project, runtime: RuntimeKind, auto_created: bool) -> Result<ExecLease, Error> {
         if runtime == RuntimeKind::Local {
             self.ws(|w, n| w.ensure(n)).await?;
         }
         p.last_used = OffsetDateTime::now_utc();
         let p = self.save(p).await?;
         let (cancel, guard) = self.execs.lease();
-        Ok(ExecLease { project: p, runtime, cancel, guard })
+        Ok(ExecLease { project: p, runtime, auto_created, cancel, guard })
     }
 
     async fn reconcile(&mut self) -> Result<Option<Change>, Error> {
@@ -541,16 +608,26 @@ impl Actor for ProjectActor {
         let reg = args.ctx.registry.get()?;
         let name = args.name.clone();
         let project = ask(&reg, "the registry", args.ctx.short_timeout(), |r| RegistryMsg::Get(name, r)).await?;
-        Ok(ProjectState { name: args.name, ctx: args.ctx, supervisor: args.supervisor, project, execs: Arc::default() })
+        let execs = args.ctx.execs.gate(&args.name);
+        Ok(ProjectState {
+            name: args.name,
+            ctx: args.ctx,
+            supervisor: args.supervisor,
+            project,
+            execs,
+            busy: args.busy,
+        })
     }
 
     async fn post_start(&self, _me: ActorRef<Self::Msg>, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
         // A (re)started actor may hold a row that the engine disagrees with, or one left
         // `creating` by a crash: converge before serving.
         if st.project.is_some() {
+            st.busy.store(true, Ordering::SeqCst);
             if let Err(e) = st.reconcile().await {
                 tracing::debug!(project = %st.name, error = %e, "startup reconcile skipped");
             }
+            st.busy.store(false, Ordering::SeqCst);
         }
         Ok(())
     }
@@ -561,6 +638,8 @@ impl Actor for ProjectActor {
         msg: Self::Msg,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        st.busy.store(true, Ordering::SeqCst);
+        let _idle = Idle(st.busy.clone());
         match msg {
             ProjectMsg::Create { spec, or_get, reply } => {
                 let _ = reply.send(st.create(spec, or_get).await);
@@ -572,10 +651,14 @@ impl Actor for ProjectActor {
                 let _ = reply.send(st.stop().await);
             }
             ProjectMsg::Delete { purge, reply } => {
-                let _ = reply.send(st.delete(purge).await.map(|_| ()));
+                let res = st.delete(purge).await;
+                if res.is_ok() {
+                    st.ctx.execs.forget(&st.name);
+                }
+                let _ = reply.send(res);
             }
-            ProjectMsg::PrepareExec { auto_create, place, reply } => {
-                let _ = reply.send(st.prepare_exec(auto_create, place).await);
+            ProjectMsg::PrepareExec { auto_create, ask, reply } => {
+                let _ = reply.send(st.prepare_exec(auto_create, ask).await);
             }
             ProjectMsg::Reconcile(reply) => {
                 let _ = reply.send(st.reconcile().await);
@@ -604,5 +687,58 @@ impl Actor for ProjectActor {
             ProjectMsg::Panic(_reply) => panic!("injected panic in the actor of project {}", st.name),
         }
         Ok(())
+    }
+}
+
+/// Clears the busy flag when a handler ends, however it ends (a panic included).
+struct Idle(Arc<AtomicBool>);
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn where_an_exec_runs_table() {
+        use Status::*;
+        use Where::*;
+        let off = Config::default();
+        let mut on = Config::default();
+        on.local.enabled = true;
+        on.routing.container_tools = vec!["shell".into()];
+        let name = ProjectName::parse("p").unwrap();
+        let ask = |local: bool, tool: Option<&str>| ExecAsk { local, tool: tool.map(String::from), recheck: false };
+        // (config, ask, engine answers, status, expected place or error kind)
+        let rows: Vec<(&Config, ExecAsk, bool, Status, Result<Where, ErrorKind>)> = vec![
+            // Local execution off: nothing runs on the host.
+            (&off, ask(false, None), true, Running, Ok(Container)),
+            (&off, ask(true, None), true, Running, Err(ErrorKind::Forbidden)),
+            (&off, ask(true, None), false, Created, Err(ErrorKind::Forbidden)),
+            (&off, ask(false, Some("git")), true, Running, Ok(Container)),
+            (&off, ask(false, None), false, Created, Err(ErrorKind::RuntimeUnavailable)),
+            (&off, ask(false, None), false, Stopped, Err(ErrorKind::RuntimeUnavailable)),
+            // On: explicit local and routing go to the host.
+            (&on, ask(true, None), true, Running, Ok(Host)),
+            (&on, ask(false, Some("git")), true, Running, Ok(Host)),
+            (&on, ask(false, Some("shell")), true, Running, Ok(Container)),
+            (&on, ask(false, None), true, Created, Ok(Container)),
+            // Without an engine, only a project that never had a container degrades.
+            (&on, ask(false, None), false, Created, Ok(Host)),
+            (&on, ask(false, Some("shell")), false, Created, Ok(Host)),
+            (&on, ask(false, None), false, Running, Err(ErrorKind::RuntimeUnavailable)),
+            (&on, ask(false, None), false, Stopped, Err(ErrorKind::RuntimeUnavailable)),
+            (&on, ExecAsk { recheck: true, ..ask(false, Some("git")) }, true, Running, Ok(Container)),
+        ];
+        for (cfg, a, engine, status, want) in rows {
+            let got = decide(&a, cfg, engine, &name, status).map_err(|e| e.kind);
+            assert_eq!(got, want, "local={} {a:?} engine={engine} {status:?}", cfg.local.enabled);
+        }
+        let e = decide(&ask(true, None), &off, true, &name, Running).unwrap_err();
+        assert!(e.message.contains("[local] enabled"), "the refusal names the key: {e}");
     }
 }

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,9 @@ type ProjectReply = RpcReplyPort<Result<ActorRef<ProjectMsg>, Error>>;
 struct Entry {
     actor: ActorRef<ProjectMsg>,
     last_handout: Instant,
+    /// Set by the actor while it works on a message (a long image pull, say): a busy
+    /// actor is never asked to retire.
+    busy: Arc<AtomicBool>,
     /// `Some` while the actor is asked to retire: requests for the project wait here and
     /// are answered by the actor (if it declines) or its successor.
     parked: Option<Vec<ProjectReply>>,
@@ -68,6 +72,10 @@ pub enum SupervisorMsg {
     RespawnJanitor,
     /// Answers if the supervisor's mailbox is moving (the systemd watchdog asks this).
     Ping(RpcReplyPort<()>),
+    /// Debug hook: fail the supervisor (berthd must exit non-zero).
+    DebugPanic,
+    /// Debug hook: block the supervisor's mailbox (the watchdog must go quiet).
+    DebugWedge,
 }
 
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
@@ -96,7 +104,9 @@ impl SupervisorState {
             }
             None => Vec::new(),
         };
-        let args = ProjectArgs { name: name.clone(), ctx: self.ctx.clone(), supervisor: me.clone() };
+        let busy = Arc::new(AtomicBool::new(false));
+        let args =
+            ProjectArgs { name: name.clone(), ctx: self.ctx.clone(), supervisor: me.clone(), busy: busy.clone() };
         let res = Actor::spawn_linked(None, ProjectActor, args, me.get_cell())
             .await
             .map(|(actor, _)| actor)
@@ -104,7 +114,7 @@ impl SupervisorState {
         if let Ok(actor) = &res {
             self.names.insert(actor.get_id(), name.clone());
             self.projects
-                .insert(name.clone(), Entry { actor: actor.clone(), last_handout: Instant::now(), parked: None });
+                .insert(name.clone(), Entry { actor: actor.clone(), last_handout: Instant::now(), busy, parked: None });
         }
         for reply in parked {
             let _ = reply.send(res.clone());
@@ -145,7 +155,11 @@ impl SupervisorState {
             self.retired = 0;
         }
         for e in self.projects.values_mut() {
-            if e.parked.is_none() && e.last_handout.elapsed() >= after && e.actor.cast(ProjectMsg::Retire).is_ok() {
+            if e.parked.is_none()
+                && e.last_handout.elapsed() >= after
+                && !e.busy.load(Ordering::SeqCst)
+                && e.actor.cast(ProjectMsg::Retire).is_ok()
+            {
                 e.parked = Some(Vec::new());
             }
         }
@@ -245,6 +259,11 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::Ping(reply) => {
                 let _ = reply.send(());
+            }
+            SupervisorMsg::DebugPanic => panic!("injected panic in the supervisor"),
+            SupervisorMsg::DebugWedge => {
+                tracing::warn!("debug hook: the supervisor's mailbox is blocked for an hour");
+                tokio::time::sleep(Duration::from_secs(3600)).await;
             }
         }
         Ok(())

@@ -13,27 +13,40 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{self, ExecRequest, Request, Utf8Carry};
+use super::protocol::{self, ExecRequest, Outgoing, Request, Utf8Carry};
 use crate::actors::janitor::JanitorMsg;
-use crate::actors::project::{ExecLease, Placement, ProjectMsg};
+use crate::actors::project::{ExecAsk, ExecLease, ProjectMsg};
 use crate::actors::registry::RegistryMsg;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::actors::{ask, Ctx};
 use crate::error::{Error, ErrorKind};
 use crate::model::{CreateSpec, Project, ProjectName, Status};
-use crate::runtime::{Chunk, ExecSpec, RuntimeError, RuntimeKind};
+use crate::runtime::{Capture, Chunk, ExecSpec, Reservation, RuntimeError, RuntimeKind};
 
 pub struct Service {
     pub ctx: Arc<Ctx>,
     pub supervisor: ActorRef<SupervisorMsg>,
 }
 
-/// What a request may use of its connection: where notifications go and the token that
-/// is cancelled when the client goes away.
+/// What a request may use of its connection: where notifications go, the token that is
+/// cancelled when the client goes away, and who the client is.
 #[derive(Clone)]
 pub struct ConnHandle {
-    pub out: mpsc::Sender<String>,
+    pub out: mpsc::Sender<Outgoing>,
     pub gone: CancellationToken,
+    pub uid: u32,
+}
+
+/// A request's result and the output budget it holds until it has been written.
+pub struct Answer {
+    pub result: Value,
+    pub hold: Reservation,
+}
+
+impl From<Value> for Answer {
+    fn from(result: Value) -> Self {
+        Answer { result, hold: Reservation::default() }
+    }
 }
 
 fn to_value<T: serde::Serialize>(v: T) -> Result<Value, Error> {
@@ -41,7 +54,14 @@ fn to_value<T: serde::Serialize>(v: T) -> Result<Value, Error> {
 }
 
 impl Service {
-    pub async fn handle(&self, id: &Value, req: Request, conn: &ConnHandle) -> Result<Value, Error> {
+    pub async fn handle(&self, id: &Value, req: Request, conn: &ConnHandle) -> Result<Answer, Error> {
+        match req {
+            Request::Exec(e) => self.exec(id, e, conn).await,
+            other => self.handle_plain(other).await.map(Answer::from),
+        }
+    }
+
+    async fn handle_plain(&self, req: Request) -> Result<Value, Error> {
         let ctx = &self.ctx;
         match req {
             Request::Info => self.info().await,
@@ -68,12 +88,15 @@ impl Service {
                 let actor = self.project(&name).await?;
                 // Lifecycle calls queue behind each other in the project's actor (a create
                 // may be pulling an image), so they all get the lifecycle bound.
-                ask(&actor, &format!("project {name}"), ctx.lifecycle_timeout(), |reply| ProjectMsg::Delete {
-                    purge,
-                    reply,
+                let archived = ask(&actor, &format!("project {name}"), ctx.lifecycle_timeout(), |reply| {
+                    ProjectMsg::Delete { purge, reply }
                 })
                 .await??;
-                Ok(json!({}))
+                Ok(match (archived, purge) {
+                    (Some(path), _) => json!({"archived": path}),
+                    (None, true) => json!({"purged": true}),
+                    (None, false) => json!({}),
+                })
             }
             Request::Status(name) => self.status(&name).await,
             Request::Logs { name, tail } => {
@@ -84,7 +107,7 @@ impl Service {
                 })?;
                 Ok(json!({"logs": logs}))
             }
-            Request::Exec(e) => self.exec(id, e, conn).await,
+            Request::Exec(_) => Err(Error::internal("exec is not a plain request")),
             Request::Reconcile => {
                 let j = self.janitor().await?;
                 let changed =
@@ -95,9 +118,11 @@ impl Service {
                 let j = self.janitor().await?;
                 let archived =
                     ask(&j, "the janitor", ctx.lifecycle_timeout(), |r| JanitorMsg::ArchiveStale(Some(r))).await??;
-                Ok(json!({"archived": archived}))
+                let stale_after = humantime::format_duration(ctx.config.janitor.stale_after.0).to_string();
+                Ok(json!({"archived": archived, "stale_after": stale_after}))
             }
             Request::DebugPanic(name) => self.debug_panic(&name).await,
+            Request::DebugSupervisor(what) => self.debug_supervisor(what).await,
         }
     }
 
@@ -142,6 +167,17 @@ impl Service {
         }
     }
 
+    /// Debug hooks on the supervisor itself: `Panic` makes it fail (berthd must then exit
+    /// non-zero), `Wedge` blocks its mailbox (the systemd watchdog must then go quiet).
+    async fn debug_supervisor(&self, what: protocol::DebugSupervisor) -> Result<Value, Error> {
+        let msg = match what {
+            protocol::DebugSupervisor::Panic => SupervisorMsg::DebugPanic,
+            protocol::DebugSupervisor::Wedge => SupervisorMsg::DebugWedge,
+        };
+        self.supervisor.cast(msg).map_err(|e| Error::internal(format!("the supervisor is not running: {e}")))?;
+        Ok(json!({}))
+    }
+
     async fn info(&self) -> Result<Value, Error> {
         let rt = &self.ctx.runtimes;
         let projects = self.registry(RegistryMsg::Count).await?;
@@ -151,9 +187,15 @@ impl Service {
         if let (true, Some(v)) = (rt.docker_available(), rt.docker_version()) {
             docker["version"] = json!(v);
         }
+        // Where commands run now: the host only where local execution is allowed.
+        let runtime = match (rt.docker_available(), self.ctx.config.local.enabled) {
+            (false, true) => RuntimeKind::Local,
+            _ => RuntimeKind::Docker,
+        };
         Ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "runtime": rt.primary().kind().as_str(),
+            "runtime": runtime.as_str(),
+            "local_enabled": self.ctx.config.local.enabled,
             "docker": docker,
             "projects": projects,
             "project_actors": actors,
@@ -187,72 +229,75 @@ impl Service {
         })
     }
 
-    /// Where an exec runs: locally when asked; for a named tool, in the container only if
-    /// routing lists it and the engine answers; otherwise the project actor decides.
-    fn placement(&self, e: &ExecRequest) -> Placement {
-        if e.local {
-            return Placement::Local;
-        }
-        match &e.tool {
-            Some(tool) if self.ctx.config.routing.container_tools.iter().any(|t| t == tool) => {
-                Placement::ContainerIfAvailable
-            }
-            Some(_) => Placement::Local,
-            None => Placement::Auto,
-        }
-    }
-
-    async fn lease(&self, e: &ExecRequest, place: Placement) -> Result<ExecLease, Error> {
-        let auto_create = self.ctx.config.exec.auto_create.then(|| CreateSpec {
-            name: e.name.clone(),
-            image: None,
-            description: String::new(),
-            env: Default::default(),
-            ports: Default::default(),
-            limits: Default::default(),
-        });
+    async fn lease(&self, e: &ExecRequest, recheck: bool) -> Result<ExecLease, Error> {
+        let auto_create = match self.ctx.config.exec.auto_create {
+            true => Some(CreateSpec {
+                name: e.name.clone(),
+                image: None,
+                description: String::new(),
+                env: Default::default(),
+                ports: Default::default(),
+                limits: self.ctx.config.container_policy().resolve(&Default::default())?,
+            }),
+            false => None,
+        };
+        let ask_ = ExecAsk { local: e.local, tool: e.tool.clone(), recheck };
         let actor = self.project(&e.name).await?;
         ask(&actor, &format!("project {}", e.name), self.ctx.lifecycle_timeout(), |reply| ProjectMsg::PrepareExec {
             auto_create,
-            place,
+            ask: ask_,
             reply,
         })
         .await?
     }
 
-    async fn exec(&self, id: &Value, e: ExecRequest, conn: &ConnHandle) -> Result<Value, Error> {
+    async fn exec(&self, id: &Value, e: ExecRequest, conn: &ConnHandle) -> Result<Answer, Error> {
         let started = Instant::now();
-        let mut lease = self.lease(&e, self.placement(&e)).await?;
+        let mut lease = self.lease(&e, false).await?;
+        let auto_created = lease.auto_created;
         let mut retried = false;
         loop {
             let outcome = self.run(id, &e, &lease, conn).await;
             match outcome {
                 // The container was stopped or removed behind berth's back since the actor
                 // last looked: have it start or re-create the container, once.
-                Err(RuntimeError::Engine(msg))
-                    if lease.runtime == RuntimeKind::Docker && !retried && container_missing(&msg) =>
+                Err(RuntimeError::NotFound(_) | RuntimeError::Conflict(_))
+                    if lease.runtime == RuntimeKind::Docker && !retried =>
                 {
                     retried = true;
                     drop(lease);
-                    lease = self.lease(&e, Placement::Recheck).await?;
+                    lease = self.lease(&e, true).await?;
                 }
                 Err(err) => {
                     self.ctx.runtimes.note(&err);
                     return Err(err.into());
                 }
-                Ok(o) => {
+                Ok(mut o) => {
+                    let what = format!("{:?} in project {}", e.argv[0], e.name);
                     if o.cancelled {
                         let why = if conn.gone.is_cancelled() {
                             "the connection closed (or berthd is shutting down)"
                         } else {
                             "the project was stopped or deleted"
                         };
+                        let fate = match &o.kill_error {
+                            None => "it was killed".to_string(),
+                            Some(k) => format!("it could NOT be killed ({k}) and may still run"),
+                        };
+                        return Err(Error::new(ErrorKind::RuntimeError, format!("{why} while {what} ran; {fate}")));
+                    }
+                    if let (true, Some(k)) = (o.timed_out, &o.kill_error) {
                         return Err(Error::new(
                             ErrorKind::RuntimeError,
-                            format!("{why} while {:?} ran in project {}; it was killed", e.argv[0], e.name),
+                            format!("{what} timed out, but it could NOT be killed ({k}) and may still run"),
                         ));
                     }
-                    return Ok(protocol::exec_result(&o, started.elapsed(), lease.runtime));
+                    let mut result = protocol::exec_result(&o, started.elapsed(), lease.runtime);
+                    if auto_created {
+                        result["auto_created"] = json!({"image": lease.project.image.as_str()});
+                    }
+                    let hold = std::mem::take(&mut o.hold);
+                    return Ok(Answer { result, hold });
                 }
             }
         }
@@ -272,7 +317,6 @@ impl Service {
             env: lease.project.env.merged(&e.env),
             timeout: e.timeout.unwrap_or(cfg.default_timeout.0),
             stdin: e.stdin.clone(),
-            max_output: cfg.max_output.0 as usize,
         };
         let runtime = match lease.runtime {
             RuntimeKind::Docker => &self.ctx.runtimes.docker,
@@ -296,7 +340,8 @@ impl Service {
         } else {
             (None, None)
         };
-        let res = runtime.exec(&e.name, &lease.project.path, spec, live, cancel.clone()).await;
+        let capture = Capture::new(cfg.max_output.0 as usize, live, self.ctx.budget.clone());
+        let res = runtime.exec(&e.name, &lease.project.path, spec, capture, cancel.clone()).await;
         // Notifications go out before the response.
         if let Some(f) = forwarder {
             let _ = f.await;
@@ -306,13 +351,18 @@ impl Service {
     }
 }
 
-/// Forwards live output as `exec.output` notifications, keeping characters whole.
-async fn forward(id: Value, mut rx: mpsc::Receiver<Chunk>, out: mpsc::Sender<String>) {
+/// Forwards live output as `exec.output` notifications, keeping characters whole. Each
+/// notification holds its chunk's budget until the connection has written it.
+async fn forward(id: Value, mut rx: mpsc::Receiver<Chunk>, out: mpsc::Sender<Outgoing>) {
     let mut carry = [Utf8Carry::default(), Utf8Carry::default()];
     while let Some(chunk) = rx.recv().await {
         let slot = chunk.stream as usize;
         let ready = carry[slot].feed(&chunk.data);
-        if !ready.is_empty() && out.send(protocol::output_notification(&id, chunk.stream, &ready)).await.is_err() {
+        if ready.is_empty() {
+            continue;
+        }
+        let line = protocol::output_notification(&id, chunk.stream, &ready);
+        if out.send(Outgoing { line, hold: chunk.hold }).await.is_err() {
             return;
         }
     }
@@ -321,12 +371,8 @@ async fn forward(id: Value, mut rx: mpsc::Receiver<Chunk>, out: mpsc::Sender<Str
     {
         let rest = carry[slot].finish();
         if !rest.is_empty() {
-            let _ = out.send(protocol::output_notification(&id, stream, &rest)).await;
+            let line = protocol::output_notification(&id, stream, &rest);
+            let _ = out.send(Outgoing { line, hold: Reservation::default() }).await;
         }
     }
-}
-
-fn container_missing(msg: &str) -> bool {
-    let m = msg.to_ascii_lowercase();
-    m.contains("is not running") || m.contains("no such container") || m.contains("is paused")
 }

@@ -50,6 +50,26 @@ pub enum Request {
     ArchiveStale,
     /// `debug.panic`: served only with debug hooks on.
     DebugPanic(ProjectName),
+    /// `debug.panic_supervisor` / `debug.wedge_supervisor`: served only with debug hooks on.
+    DebugSupervisor(DebugSupervisor),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebugSupervisor {
+    Panic,
+    Wedge,
+}
+
+/// A line for the client and the output budget it holds until written.
+pub struct Outgoing {
+    pub line: String,
+    pub hold: crate::runtime::Reservation,
+}
+
+impl From<String> for Outgoing {
+    fn from(line: String) -> Self {
+        Outgoing { line, hold: Default::default() }
+    }
 }
 
 impl Request {
@@ -77,7 +97,11 @@ impl Request {
             | Request::DebugPanic(n) => Some(n),
             Request::Delete { name, .. } | Request::Logs { name, .. } => Some(name),
             Request::Exec(e) => Some(&e.name),
-            Request::Info | Request::List | Request::Reconcile | Request::ArchiveStale => None,
+            Request::Info
+            | Request::List
+            | Request::Reconcile
+            | Request::ArchiveStale
+            | Request::DebugSupervisor(_) => None,
         }
     }
 }
@@ -239,12 +263,18 @@ fn parse_request(method: &str, p: Value, config: &Config, debug_hooks: bool) -> 
                 memory: c
                     .memory
                     .as_deref()
-                    .map(|m| Size::parse(m).map(|s| s.0).map_err(Error::invalid_params))
+                    .map(|m| {
+                        Size::parse(m).map(|s| s.0).map_err(|e| {
+                            Error::invalid_params(format!(
+                                "invalid memory {m:?}: {e} (a size such as \"512m\" or \"2GiB\")"
+                            ))
+                        })
+                    })
                     .transpose()?,
                 pids_limit: c.pids_limit,
                 cpus: c.cpus,
             };
-            limits.check()?;
+            let limits = config.container_policy().resolve(&limits)?;
             let spec = CreateSpec {
                 name: name(&c.name)?,
                 image: c.image.as_deref().map(ImageRef::parse).transpose()?,
@@ -276,6 +306,12 @@ fn parse_request(method: &str, p: Value, config: &Config, debug_hooks: bool) -> 
         }
         "project.exec" => Request::Exec(parse_exec(params(m, p)?, config)?),
         "debug.panic" if debug_hooks => Request::DebugPanic(name(&params::<NameParams>(m, p)?.name)?),
+        "debug.kill_supervisor" if debug_hooks => {
+            params::<NoParams>(m, p).map(|_| Request::DebugSupervisor(DebugSupervisor::Panic))?
+        }
+        "debug.wedge_supervisor" if debug_hooks => {
+            params::<NoParams>(m, p).map(|_| Request::DebugSupervisor(DebugSupervisor::Wedge))?
+        }
         other => return Err(Error::new(ErrorKind::MethodNotFound, format!("unknown method {other:?}"))),
     })
 }
@@ -339,12 +375,25 @@ pub fn error_response(id: &Value, e: &Error) -> String {
     .to_string()
 }
 
-/// Bytes as JSON text: the text itself when it is UTF-8, else base64 and its encoding.
+/// Bytes as JSON text: the text itself when it is UTF-8 and its JSON escapes at most
+/// double it (newlines, quotes), else base64 and its encoding. Control bytes such as NUL
+/// take six bytes each as escapes; base64 never takes more than four per three.
 pub fn encode_bytes(b: &[u8]) -> (String, Option<&'static str>) {
     match std::str::from_utf8(b) {
-        Ok(s) => (s.to_string(), None),
-        Err(_) => (base64::engine::general_purpose::STANDARD.encode(b), Some("base64")),
+        Ok(s) if json_len(b) <= 2 * b.len() => (s.to_string(), None),
+        _ => (base64::engine::general_purpose::STANDARD.encode(b), Some("base64")),
     }
+}
+
+/// The length of `b` (valid UTF-8) as a JSON string's contents.
+fn json_len(b: &[u8]) -> usize {
+    b.iter()
+        .map(|&c| match c {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// Splits a stream of chunks at UTF-8 boundaries so a character cut between two chunks
@@ -494,5 +543,18 @@ mod tests {
         assert!(c.finish().is_empty());
         let (text, enc) = encode_bytes(&[0xff, 0x00]);
         assert_eq!((text.as_str(), enc), ("/wA=", Some("base64")));
+    }
+
+    #[test]
+    fn nul_heavy_output_travels_as_base64_not_six_times_larger() {
+        let nuls = vec![0u8; 3000];
+        let (text, enc) = encode_bytes(&nuls);
+        assert_eq!(enc, Some("base64"));
+        assert_eq!(text.len(), 4000);
+        let line = output_notification(&json!(1), StreamKind::Stdout, &nuls);
+        assert!(line.len() < 4200, "{} bytes for 3000 NULs", line.len());
+        // Ordinary text, with newlines and quotes, stays text.
+        let (text, enc) = encode_bytes(b"line \"one\"\nline two\n");
+        assert_eq!((text.as_str(), enc), ("line \"one\"\nline two\n", None));
     }
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{ConnHandle, Service};
-use super::protocol;
+use super::protocol::{self, Outgoing};
 use crate::config::ServerConfig;
 use crate::error::{Error, ErrorKind};
 
@@ -231,22 +231,24 @@ async fn serve_conn(stream: UnixStream, shared: Arc<Shared>) {
     }
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 * 1024, read);
-    let (tx, mut rx) = mpsc::channel::<String>(256);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(256);
     let gone = CancellationToken::new();
     let writer = {
         let gone = gone.clone();
         tokio::spawn(async move {
-            while let Some(mut line) = rx.recv().await {
+            // Each line's output budget is given back once it has been written.
+            while let Some(Outgoing { mut line, hold }) = rx.recv().await {
                 line.push('\n');
                 if write.write_all(line.as_bytes()).await.is_err() {
                     gone.cancel();
                     break;
                 }
+                drop(hold);
             }
             let _ = write.shutdown().await;
         })
     };
-    let conn = ConnHandle { out: tx.clone(), gone: gone.clone() };
+    let conn = ConnHandle { out: tx.clone(), gone: gone.clone(), uid };
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
     let requests = TaskTracker::new();
     let max_line = shared.config.max_line.0 as usize;
@@ -270,7 +272,7 @@ async fn serve_conn(stream: UnixStream, shared: Arc<Shared>) {
             }
             Ok(Line::TooLong) => {
                 let e = Error::new(ErrorKind::TooLarge, format!("request line longer than {max_line} bytes; closing"));
-                let _ = tx.send(protocol::error_response(&Value::Null, &e)).await;
+                let _ = tx.send(protocol::error_response(&Value::Null, &e).into()).await;
                 gone.cancel();
                 break;
             }
@@ -283,7 +285,7 @@ async fn serve_conn(stream: UnixStream, shared: Arc<Shared>) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(uid, method = %decoded.method, error = %e, "refused a request");
-                let _ = tx.send(protocol::error_response(&decoded.id, &e)).await;
+                let _ = tx.send(protocol::error_response(&decoded.id, &e).into()).await;
                 continue;
             }
         };
@@ -292,7 +294,7 @@ async fn serve_conn(stream: UnixStream, shared: Arc<Shared>) {
                 ErrorKind::Busy,
                 format!("too many requests in flight on this connection (max {})", shared.config.max_in_flight),
             );
-            let _ = tx.send(protocol::error_response(&decoded.id, &e)).await;
+            let _ = tx.send(protocol::error_response(&decoded.id, &e).into()).await;
             continue;
         };
         if request.is_mutating() {
@@ -300,11 +302,11 @@ async fn serve_conn(stream: UnixStream, shared: Arc<Shared>) {
         }
         let (service, conn, tx, id) = (shared.service.clone(), conn.clone(), tx.clone(), decoded.id);
         requests.spawn(async move {
-            let line = match service.handle(&id, request, &conn).await {
-                Ok(result) => protocol::response(&id, result),
-                Err(e) => protocol::error_response(&id, &e),
+            let out = match service.handle(&id, request, &conn).await {
+                Ok(a) => Outgoing { line: protocol::response(&id, a.result), hold: a.hold },
+                Err(e) => protocol::error_response(&id, &e).into(),
             };
-            let _ = tx.send(line).await;
+            let _ = tx.send(out).await;
             drop(permit);
         });
     }

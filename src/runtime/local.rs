@@ -1,10 +1,13 @@
 //! The local runtime: plain processes in the project's workspace on the host.
 //!
-//! Used when no engine answers, when a request says `local: true`, or when routing sends
-//! a tool here. Each command runs in its own process group with a clean environment
-//! (`PATH`, `HOME` = the workspace, then the project's and the request's env); a timeout
-//! or cancel kills the whole group. A workdir must resolve inside the workspace. There are
-//! no containers here: lifecycle calls succeed without doing anything.
+//! Only used where the operator enabled it (`[local] enabled`): when no engine answers
+//! for a project that never had a container, when a request says `local: true`, or when
+//! routing sends a tool here. Each command runs in its own process group with a clean
+//! environment (`PATH`, `HOME` = the workspace, then the project's and the request's
+//! env), with `no_new_privs` set (a setuid file planted in the workspace gains nothing),
+//! and, when berthd is root, as `[local] user`, never as root. A timeout or cancel kills
+//! the whole group. A workdir must resolve inside the workspace. There are no containers
+//! here: lifecycle calls succeed without doing anything.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,15 +19,19 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, LiveTx, Runtime, RuntimeError, RuntimeKind,
-    StreamKind,
+    until, Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, Interrupt, Runtime, RuntimeError, RuntimeKind,
+    StreamKind, NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT,
 };
 use crate::model::{ProjectName, Workdir};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, Default)]
-pub struct LocalRuntime;
+pub struct LocalRuntime {
+    /// The uid and gid commands run as; `None` runs them as berthd's own user (which is
+    /// then not root).
+    pub run_as: Option<(u32, u32)>,
+}
 
 impl LocalRuntime {
     /// Maps a workdir to a host directory inside the workspace: `/workspace/...` means
@@ -93,7 +100,7 @@ impl Runtime for LocalRuntime {
         _project: &ProjectName,
         workspace: &Path,
         spec: ExecSpec,
-        live: Option<LiveTx>,
+        mut capture: Capture,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, RuntimeError> {
         let dir = Self::resolve_workdir(workspace, spec.workdir.as_ref())?;
@@ -110,8 +117,31 @@ impl Runtime for LocalRuntime {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child =
-            cmd.spawn().map_err(|e| RuntimeError::Io(format!("cannot run {program:?} in {}: {e}", dir.display())))?;
+        if let Some((uid, gid)) = self.run_as {
+            // std drops supplementary groups when a root parent sets uid.
+            cmd.uid(uid).gid(gid);
+        }
+        // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let why = format!("command {program:?} not found on the host (not on $PATH, or no such file)");
+                return Ok(capture.failed_to_start(NOT_FOUND_EXIT, why));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let why = format!("command {program:?} is not executable on the host (permission denied)");
+                return Ok(capture.failed_to_start(NOT_EXECUTABLE_EXIT, why));
+            }
+            Err(e) => return Err(RuntimeError::Io(format!("cannot run {program:?} in {}: {e}", dir.display()))),
+        };
         let pgid = child.id().map(|p| p as i32);
         if let (Some(data), Some(mut stdin)) = (spec.stdin.clone(), child.stdin.take()) {
             tokio::spawn(async move {
@@ -121,24 +151,35 @@ impl Runtime for LocalRuntime {
         }
         let mut out = child.stdout.take();
         let mut err = child.stderr.take();
-        let mut capture = Capture::new(spec.max_output, live);
         let deadline = tokio::time::Instant::now() + spec.timeout;
-        let (mut timed_out, mut cancelled) = (false, false);
+        let mut stopped = None;
         while out.is_some() || err.is_some() {
-            tokio::select! {
-                chunk = read_some(&mut out) => match chunk {
-                    Some(b) => capture.push(StreamKind::Stdout, b).await,
-                    None => out = None,
-                },
-                chunk = read_some(&mut err) => match chunk {
-                    Some(b) => capture.push(StreamKind::Stderr, b).await,
-                    None => err = None,
-                },
-                _ = tokio::time::sleep_until(deadline) => { timed_out = true; break; }
-                _ = cancel.cancelled() => { cancelled = true; break; }
+            let next = async {
+                tokio::select! {
+                    chunk = read_some(&mut out) => (StreamKind::Stdout, chunk),
+                    chunk = read_some(&mut err) => (StreamKind::Stderr, chunk),
+                }
+            };
+            let (stream, chunk) = match until(next, deadline, &cancel).await {
+                Ok(v) => v,
+                Err(why) => {
+                    stopped = Some(why);
+                    break;
+                }
+            };
+            match chunk {
+                // Forwarding to a client that does not read must not outlast the deadline.
+                Some(b) => {
+                    if let Err(why) = until(capture.push(stream, b), deadline, &cancel).await {
+                        stopped = Some(why);
+                        break;
+                    }
+                }
+                None if stream == StreamKind::Stdout => out = None,
+                None => err = None,
             }
         }
-        if timed_out || cancelled {
+        if stopped.is_some() {
             if let Some(pg) = pgid {
                 // SAFETY: kill(2) on our own child's process group; no memory involved.
                 unsafe { libc::kill(-pg, libc::SIGKILL) };
@@ -150,7 +191,8 @@ impl Runtime for LocalRuntime {
             (None, Some(sig)) => 128 + sig as i64,
             (None, None) => -1,
         };
-        Ok(capture.finish(code, timed_out, cancelled))
+        let timed_out = stopped == Some(Interrupt::Timeout);
+        Ok(capture.finish(code, timed_out, stopped == Some(Interrupt::Cancel)))
     }
 }
 
@@ -180,8 +222,11 @@ mod tests {
             env: EnvMap::parse_pairs(["GREETING=hi"]).unwrap(),
             timeout: Duration::from_secs(10),
             stdin: None,
-            max_output: 1 << 20,
         }
+    }
+
+    fn capture() -> Capture {
+        Capture::new(1 << 20, None, crate::runtime::Budget::new(usize::MAX))
     }
 
     fn name() -> ProjectName {
@@ -191,12 +236,12 @@ mod tests {
     #[tokio::test]
     async fn runs_in_workspace_with_env_and_separate_streams() {
         let ws = tempfile::tempdir().unwrap();
-        let o = LocalRuntime
+        let o = LocalRuntime::default()
             .exec(
                 &name(),
                 ws.path(),
                 spec(&["sh", "-c", "pwd; echo $GREETING; echo oops >&2; exit 3"]),
-                None,
+                capture(),
                 CancellationToken::new(),
             )
             .await
@@ -213,9 +258,43 @@ mod tests {
         let mut s = spec(&["sh", "-c", "sleep 30 & sleep 30; echo never"]);
         s.timeout = Duration::from_millis(300);
         let start = std::time::Instant::now();
-        let o = LocalRuntime.exec(&name(), ws.path(), s, None, CancellationToken::new()).await.unwrap();
+        let o = LocalRuntime::default().exec(&name(), ws.path(), s, capture(), CancellationToken::new()).await.unwrap();
         assert!(o.timed_out);
         assert_eq!(o.exit_code, 124);
+        assert!(start.elapsed() < Duration::from_secs(10), "returned after {:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn missing_and_unexecutable_commands_exit_127_and_126_with_a_reason() {
+        let ws = tempfile::tempdir().unwrap();
+        let plain = ws.path().join("plain");
+        std::fs::write(&plain, "not a program").unwrap();
+        let rt = LocalRuntime::default();
+        let n = name();
+        let run = |argv: Vec<String>| {
+            let mut s = spec(&[]);
+            s.argv = argv;
+            rt.exec(&n, ws.path(), s, capture(), CancellationToken::new())
+        };
+        let o = run(vec!["no-such-command-xyz".into()]).await.unwrap();
+        assert_eq!(o.exit_code, 127);
+        assert!(o.exec_error.as_deref().unwrap().contains("\"no-such-command-xyz\" not found"), "{o:?}");
+        let o = run(vec![plain.display().to_string()]).await.unwrap();
+        assert_eq!(o.exit_code, 126);
+        assert!(o.exec_error.as_deref().unwrap().contains("not executable"), "{o:?}");
+        assert!(o.stdout.is_empty() && o.stderr.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_timeout_fires_while_output_is_stuck_on_a_client_that_does_not_read() {
+        let ws = tempfile::tempdir().unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let c = Capture::new(usize::MAX, Some(tx), crate::runtime::Budget::new(usize::MAX));
+        let mut s = spec(&["yes"]);
+        s.timeout = Duration::from_millis(300);
+        let start = std::time::Instant::now();
+        let o = LocalRuntime::default().exec(&name(), ws.path(), s, c, CancellationToken::new()).await.unwrap();
+        assert!(o.timed_out, "{o:?}");
         assert!(start.elapsed() < Duration::from_secs(10), "returned after {:?}", start.elapsed());
     }
 

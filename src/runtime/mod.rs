@@ -10,6 +10,8 @@ pub mod docker;
 pub mod local;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,14 +22,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{EnvMap, ImageRef, Limits, PortMap, ProjectName, Workdir};
 
+/// Why a runtime call failed, typed so that no caller has to read an error's text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
+    /// No engine answers at all (refused, no socket): the only error that marks the
+    /// engine absent.
     #[error("container engine unavailable: {0}")]
     Unavailable(String),
-    #[error("{0}")]
+    /// The engine did not answer in time. A slow engine is not an absent one.
+    #[error("container engine is slow: {0}")]
     Timeout(String),
     #[error("{0}")]
     InvalidWorkdir(String),
+    /// The container (or exec) does not exist.
+    #[error("container engine: {0}")]
+    NotFound(String),
+    /// The engine refused because of the container's state (not running, paused, being
+    /// removed, name taken).
+    #[error("container engine: {0}")]
+    Conflict(String),
+    /// Local execution is not allowed by the daemon's config.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("container engine: {0}")]
     Engine(String),
     #[error("image {image}: {why}")]
@@ -85,8 +101,6 @@ pub struct ExecSpec {
     pub env: EnvMap,
     pub timeout: Duration,
     pub stdin: Option<Bytes>,
-    /// Per-stream cap on kept output, in bytes.
-    pub max_output: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -96,20 +110,22 @@ pub enum StreamKind {
     Stderr,
 }
 
-/// A piece of live output, sent while the command runs.
-#[derive(Debug, Clone)]
+/// A piece of live output, sent while the command runs. It holds its share of the
+/// daemon's output budget until it has been written to the client.
+#[derive(Debug)]
 pub struct Chunk {
     pub stream: StreamKind,
     pub data: Bytes,
+    pub hold: Reservation,
 }
 
 pub type LiveTx = mpsc::Sender<Chunk>;
 
 /// How a command ended.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct ExecOutcome {
     /// The command's exit code; 124 when it was killed at its timeout, 128+N when a
-    /// signal N ended it.
+    /// signal N ended it, 127 when it was not found, 126 when it could not be executed.
     pub exit_code: i64,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
@@ -117,10 +133,21 @@ pub struct ExecOutcome {
     pub truncated: bool,
     /// The caller went away (or the project was stopped) and the command was killed.
     pub cancelled: bool,
+    /// The command could not be started (not found, not executable); `exit_code` says
+    /// which, as shells do.
+    pub exec_error: Option<String>,
+    /// Killing the command's processes (at a timeout or cancel) failed, and why: they
+    /// may still run.
+    pub kill_error: Option<String>,
+    /// The budget held by `stdout` and `stderr`.
+    pub hold: Reservation,
 }
 
 /// Exit code reported when a command is killed at its timeout, as timeout(1) does.
 pub const TIMEOUT_EXIT: i64 = 124;
+/// Exit codes of a command that was not found / could not be executed, as shells use.
+pub const NOT_FOUND_EXIT: i64 = 127;
+pub const NOT_EXECUTABLE_EXIT: i64 = 126;
 
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
@@ -146,21 +173,108 @@ pub trait Runtime: Send + Sync + 'static {
     async fn logs(&self, project: &ProjectName, tail: Option<u64>) -> Result<String, RuntimeError>;
 
     /// Runs a command to its end, its timeout, or `cancel`; kills every process it
-    /// started in the last two cases.
+    /// started in the last two cases. Output is kept (or sent live) through `capture`.
     async fn exec(
         &self,
         project: &ProjectName,
         workspace: &Path,
         spec: ExecSpec,
-        live: Option<LiveTx>,
+        capture: Capture,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, RuntimeError>;
 }
 
-/// Collects a command's output under a per-stream cap, forwarding it live when asked.
+/// The daemon-wide cap on exec output held in memory (`server.max_buffered`): captured
+/// output waiting for its response, and live output queued for a client. Output that
+/// finds no room is dropped and the exec marked `truncated`.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    pub fn new(max: usize) -> Arc<Budget> {
+        Arc::new(Budget { used: AtomicUsize::new(0), max })
+    }
+
+    /// Reserves up to `want` bytes; the reservation may be smaller (even empty).
+    pub fn reserve(self: &Arc<Self>, want: usize) -> Reservation {
+        let mut got = 0;
+        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            got = want.min(self.max.saturating_sub(used));
+            Some(used + got)
+        });
+        Reservation { budget: Some(self.clone()), n: got }
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// Bytes of the budget held until dropped.
+#[derive(Debug, Default)]
+pub struct Reservation {
+    budget: Option<Arc<Budget>>,
+    n: usize,
+}
+
+impl Reservation {
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Takes over what `other` holds.
+    pub fn absorb(&mut self, mut other: Reservation) {
+        if self.budget.is_none() {
+            self.budget = other.budget.take();
+            self.n = std::mem::take(&mut other.n);
+            return;
+        }
+        self.n += std::mem::take(&mut other.n);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.used.fetch_sub(self.n, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Why a wait was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    Timeout,
+    Cancel,
+}
+
+/// Awaits `fut` unless the deadline passes or `cancel` fires first. Every wait of an exec
+/// goes through this, the writes of its output to a slow client included, so nothing can
+/// hold an exec past its timeout.
+pub async fn until<F: std::future::Future>(
+    fut: F,
+    deadline: tokio::time::Instant,
+    cancel: &CancellationToken,
+) -> Result<F::Output, Interrupt> {
+    tokio::select! {
+        v = fut => Ok(v),
+        _ = tokio::time::sleep_until(deadline) => Err(Interrupt::Timeout),
+        _ = cancel.cancelled() => Err(Interrupt::Cancel),
+    }
+}
+
+/// Collects a command's output under a per-stream cap and the daemon's budget,
+/// forwarding it live when asked.
 ///
 /// When streaming, output is forwarded and not kept (the response then carries empty
-/// stdout/stderr), so the daemon holds at most one chunk per exec in memory.
+/// stdout/stderr), so the daemon holds at most a few chunks per exec in memory.
 pub struct Capture {
     max: usize,
     out: Vec<u8>,
@@ -169,20 +283,35 @@ pub struct Capture {
     seen_err: usize,
     truncated: bool,
     live: Option<LiveTx>,
+    budget: Arc<Budget>,
+    hold: Reservation,
 }
 
 impl Capture {
-    pub fn new(max: usize, live: Option<LiveTx>) -> Self {
-        Self { max, out: Vec::new(), err: Vec::new(), seen_out: 0, seen_err: 0, truncated: false, live }
+    pub fn new(max: usize, live: Option<LiveTx>, budget: Arc<Budget>) -> Self {
+        Self {
+            max,
+            out: Vec::new(),
+            err: Vec::new(),
+            seen_out: 0,
+            seen_err: 0,
+            truncated: false,
+            live,
+            budget,
+            hold: Reservation::default(),
+        }
     }
 
+    /// Keeps (or forwards) what the caps allow of `data`. Forwarding waits for room in
+    /// the live channel: callers race this against their deadline (`until`).
     pub async fn push(&mut self, stream: StreamKind, data: Bytes) {
         let seen = match stream {
             StreamKind::Stdout => &mut self.seen_out,
             StreamKind::Stderr => &mut self.seen_err,
         };
         let room = self.max.saturating_sub(*seen);
-        let keep = room.min(data.len());
+        let hold = self.budget.reserve(room.min(data.len()));
+        let keep = hold.len();
         *seen += keep;
         if keep < data.len() {
             self.truncated = true;
@@ -195,12 +324,15 @@ impl Capture {
             Some(tx) => {
                 // A closed receiver means the client is gone; the exec is cancelled by
                 // its connection, so dropping output here is right.
-                let _ = tx.send(Chunk { stream, data: kept }).await;
+                let _ = tx.send(Chunk { stream, data: kept, hold }).await;
             }
-            None => match stream {
-                StreamKind::Stdout => self.out.extend_from_slice(&kept),
-                StreamKind::Stderr => self.err.extend_from_slice(&kept),
-            },
+            None => {
+                match stream {
+                    StreamKind::Stdout => self.out.extend_from_slice(&kept),
+                    StreamKind::Stderr => self.err.extend_from_slice(&kept),
+                }
+                self.hold.absorb(hold);
+            }
         }
     }
 
@@ -212,7 +344,19 @@ impl Capture {
             timed_out,
             truncated: self.truncated,
             cancelled,
+            exec_error: None,
+            kill_error: None,
+            hold: self.hold,
         }
+    }
+
+    /// The command never started: `code` and the reason, no output.
+    pub fn failed_to_start(self, code: i64, why: String) -> ExecOutcome {
+        let mut o = self.finish(code, false, false);
+        o.stdout.clear();
+        o.stderr.clear();
+        o.exec_error = Some(why);
+        o
     }
 }
 
@@ -257,6 +401,11 @@ impl Runtimes {
     /// Pings the engine and records the answer; true when it answered.
     pub async fn refresh(&self) -> bool {
         let res = self.docker.ping().await;
+        if let Err(RuntimeError::Timeout(e)) = &res {
+            // Slow, not gone: keep what was known.
+            tracing::warn!(error = %e, "container engine answered no ping in time");
+            return self.docker_available();
+        }
         let ok = res.is_ok();
         let was = self.available.swap(ok, std::sync::atomic::Ordering::SeqCst);
         if ok != was {
@@ -301,9 +450,13 @@ impl Runtimes {
 mod tests {
     use super::*;
 
+    fn budget() -> Arc<Budget> {
+        Budget::new(usize::MAX)
+    }
+
     #[tokio::test]
     async fn capture_caps_each_stream_and_keeps_counting() {
-        let mut c = Capture::new(5, None);
+        let mut c = Capture::new(5, None, budget());
         c.push(StreamKind::Stdout, Bytes::from_static(b"abc")).await;
         c.push(StreamKind::Stdout, Bytes::from_static(b"defgh")).await;
         c.push(StreamKind::Stderr, Bytes::from_static(b"12")).await;
@@ -317,7 +470,7 @@ mod tests {
     #[tokio::test]
     async fn capture_streams_without_keeping() {
         let (tx, mut rx) = mpsc::channel(8);
-        let mut c = Capture::new(4, Some(tx));
+        let mut c = Capture::new(4, Some(tx), budget());
         c.push(StreamKind::Stderr, Bytes::from_static(b"hello")).await;
         let got = rx.recv().await.unwrap();
         assert_eq!(got.stream, StreamKind::Stderr);
@@ -325,6 +478,34 @@ mod tests {
         let o = c.finish(3, true, false);
         assert!(o.stderr.is_empty() && o.truncated && o.timed_out);
         assert_eq!(o.exit_code, TIMEOUT_EXIT);
+    }
+
+    #[tokio::test]
+    async fn the_budget_is_shared_and_given_back() {
+        let b = Budget::new(10);
+        let mut one = Capture::new(100, None, b.clone());
+        let mut two = Capture::new(100, None, b.clone());
+        one.push(StreamKind::Stdout, Bytes::from_static(b"1234567")).await;
+        two.push(StreamKind::Stdout, Bytes::from_static(b"abcdefg")).await;
+        assert_eq!(b.used(), 10);
+        let (o1, o2) = (one.finish(0, false, false), two.finish(0, false, false));
+        assert_eq!((o1.stdout.as_slice(), o1.truncated), (&b"1234567"[..], false));
+        assert_eq!((o2.stdout.as_slice(), o2.truncated), (&b"abc"[..], true), "only what fit the budget");
+        drop(o1);
+        assert_eq!(b.used(), 3, "a finished exec's output is given back when its result is gone");
+        drop(o2);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_live_channel_does_not_outlast_the_deadline() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut c = Capture::new(100, Some(tx), budget());
+        c.push(StreamKind::Stdout, Bytes::from_static(b"fills the channel")).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        let never = CancellationToken::new();
+        let r = until(c.push(StreamKind::Stdout, Bytes::from_static(b"blocks")), deadline, &never).await;
+        assert_eq!(r, Err(Interrupt::Timeout));
     }
 
     #[test]

@@ -90,6 +90,9 @@ impl Daemon {
     /// Writes the config and picks the paths, without starting the daemon.
     pub fn prepare(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Traversable (not listable) like /var/lib: with `[local] enabled` as root, local
+        // commands run as `local.user` and must reach their workspace below it.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
         let socket = dir.path().join("run/berth.sock");
         let state = dir.path().join("state");
         let config = dir.path().join("berth.toml");

@@ -3,21 +3,29 @@
 //! Docker has no API to kill an exec, so every exec carries a random marker in its
 //! environment (`BERTH_EXEC_ID`); at a timeout or cancel a second exec kills every
 //! process in the container whose environment holds that marker — the whole tree the
-//! command started, whatever process groups it made.
+//! command started, whatever process groups it made. A kill that could not run is
+//! reported, never claimed done.
+//!
+//! The engine reports a command it could not start (not found, not executable, a
+//! missing workdir) only as text on the exec's stdout with exit code 126; `start_failure`
+//! is the one place that reads that text, and turns it into typed outcomes: exit 127 or
+//! 126 with an `exec_error`, or an invalid workdir.
 
 use std::time::{Duration, Instant};
 
 use bollard::container::LogOutput;
-use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::Docker;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::DockerRuntime;
 use crate::model::ProjectName;
-use crate::runtime::{Capture, ExecOutcome, ExecSpec, LiveTx, RuntimeError, StreamKind};
+use crate::runtime::{
+    until, Capture, ExecOutcome, ExecSpec, Interrupt, RuntimeError, StreamKind, NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT,
+};
 
 /// Kills every process whose environment carries `BERTH_EXEC_ID=$1`: each is stopped as
 /// soon as it is found and all are killed after the scan, repeating while any remain.
@@ -42,11 +50,14 @@ exit 1"#;
 /// How long output is still read after the command's tree was killed.
 const DRAIN_AFTER_KILL: Duration = Duration::from_secs(2);
 
+/// What the engine prints (on the exec's stdout) when it could not start the command.
+const ENGINE_START_FAILURE: &[u8] = b"OCI runtime exec failed";
+
 pub(super) async fn run(
     rt: &DockerRuntime,
     project: &ProjectName,
     spec: ExecSpec,
-    live: Option<LiveTx>,
+    mut capture: Capture,
     cancel: CancellationToken,
 ) -> Result<ExecOutcome, RuntimeError> {
     let docker = rt.client().await?;
@@ -54,6 +65,7 @@ pub(super) async fn run(
     let marker = crate::runtime::token();
     let mut env = spec.env.to_docker();
     env.push(format!("BERTH_EXEC_ID={marker}"));
+    let workdir = spec.workdir.as_ref().map(|w| w.as_str().to_string()).unwrap_or_else(|| "/workspace".into());
     let opts = CreateExecOptions {
         attach_stdin: Some(spec.stdin.is_some()),
         attach_stdout: Some(true),
@@ -61,7 +73,7 @@ pub(super) async fn run(
         tty: Some(false),
         env: Some(env),
         cmd: Some(spec.argv.clone()),
-        working_dir: Some(spec.workdir.as_ref().map(|w| w.as_str().to_string()).unwrap_or_else(|| "/workspace".into())),
+        working_dir: Some(workdir.clone()),
         ..Default::default()
     };
     let created = rt.bounded("creating exec", docker.create_exec(&container, opts)).await?;
@@ -77,38 +89,124 @@ pub(super) async fn run(
         })
     });
 
-    let mut capture = Capture::new(spec.max_output, live);
     let deadline = tokio::time::Instant::now() + spec.timeout;
-    let (mut timed_out, mut cancelled) = (false, false);
+    let mut stopped: Option<Interrupt> = None;
+    let mut stream_error = None;
+    // The first stdout chunk is held back while it may be the engine's own start failure,
+    // so that text never reaches the client as the command's output.
+    let mut first: Option<Option<Bytes>> = None;
     loop {
-        tokio::select! {
-            item = output.next() => match item {
-                Some(Ok(out)) => keep(&mut capture, out).await,
-                Some(Err(e)) => {
-                    tracing::warn!(%container, error = %e, "exec output stream failed");
-                    break;
-                }
-                None => break,
-            },
-            _ = tokio::time::sleep_until(deadline) => { timed_out = true; break; }
-            _ = cancel.cancelled() => { cancelled = true; break; }
+        let item = match until(output.next(), deadline, &cancel).await {
+            Ok(item) => item,
+            Err(why) => {
+                stopped = Some(why);
+                break;
+            }
+        };
+        let out = match item {
+            Some(Ok(out)) => out,
+            Some(Err(e)) => {
+                stream_error = Some(e.to_string());
+                break;
+            }
+            None => break,
+        };
+        let out = match (first.is_none(), out) {
+            (true, LogOutput::StdOut { message }) if message.starts_with(ENGINE_START_FAILURE) => {
+                first = Some(Some(message));
+                continue;
+            }
+            (_, out) => out,
+        };
+        let held = first.replace(None).flatten();
+        let push = async {
+            if let Some(h) = held {
+                capture.push(StreamKind::Stdout, h).await;
+            }
+            keep(&mut capture, out).await;
+        };
+        if let Err(why) = until(push, deadline, &cancel).await {
+            stopped = Some(why);
+            break;
         }
     }
-    if timed_out || cancelled {
-        kill_tree(rt, &docker, &container, &marker).await;
+    if let Some(t) = stdin_task {
+        t.abort();
+    }
+    if stopped.is_some() || stream_error.is_some() {
+        let killed = kill_tree(rt, &docker, &container, &marker).await;
+        if let Some(e) = stream_error {
+            let fate = match killed {
+                Ok(()) => "it was killed".to_string(),
+                Err(why) => format!("it could not be killed ({why}) and may still run"),
+            };
+            return Err(RuntimeError::Engine(format!("the output stream of {:?} failed ({e}); {fate}", spec.argv[0])));
+        }
         // Keep what the command printed up to its death.
         let drain = async {
+            if let Some(Some(held)) = first.take() {
+                capture.push(StreamKind::Stdout, held).await;
+            }
             while let Some(Ok(out)) = output.next().await {
                 keep(&mut capture, out).await;
             }
         };
         let _ = tokio::time::timeout(DRAIN_AFTER_KILL, drain).await;
+        let timed_out = stopped == Some(Interrupt::Timeout);
+        let mut o = capture.finish(-1, timed_out, !timed_out);
+        o.kill_error = killed.err();
+        return Ok(o);
     }
-    if let Some(t) = stdin_task {
-        t.abort();
+    let code = exit_code(rt, &docker, &created.id).await?;
+    if let Some(Some(text)) = first {
+        match start_failure(code, &text) {
+            Some(StartFailure::Workdir) => {
+                return Err(RuntimeError::InvalidWorkdir(format!(
+                    "invalid workdir {workdir:?}: no such directory in the container"
+                )))
+            }
+            Some(StartFailure::NotFound) => {
+                let why =
+                    format!("command {:?} not found in the container (not on $PATH, or no such file)", spec.argv[0]);
+                return Ok(capture.failed_to_start(NOT_FOUND_EXIT, why));
+            }
+            Some(StartFailure::NotExecutable) => {
+                let why = format!("command {:?} is not executable in the container (permission denied)", spec.argv[0]);
+                return Ok(capture.failed_to_start(NOT_EXECUTABLE_EXIT, why));
+            }
+            // The command itself printed it: it is output like any other.
+            None => capture.push(StreamKind::Stdout, text).await,
+        }
     }
-    let code = if timed_out || cancelled { -1 } else { exit_code(rt, &docker, &created.id).await? };
-    Ok(capture.finish(code, timed_out, cancelled))
+    Ok(capture.finish(code, false, false))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartFailure {
+    NotFound,
+    NotExecutable,
+    Workdir,
+}
+
+/// Reads the engine's start-failure text (runc's words, the only signal Docker gives),
+/// given the exit code it reported for the exec.
+fn start_failure(code: i64, text: &[u8]) -> Option<StartFailure> {
+    if code != NOT_EXECUTABLE_EXIT && code != NOT_FOUND_EXIT {
+        return None;
+    }
+    let t = String::from_utf8_lossy(text);
+    if !t.starts_with("OCI runtime exec failed") || t.lines().count() > 1 {
+        return None;
+    }
+    if t.contains("chdir to cwd") {
+        Some(StartFailure::Workdir)
+    } else if t.contains("executable file not found") || t.contains("no such file or directory") {
+        Some(StartFailure::NotFound)
+    } else if t.contains("permission denied") || t.contains("exec format error") {
+        Some(StartFailure::NotExecutable)
+    } else {
+        None
+    }
 }
 
 async fn keep(capture: &mut Capture, out: LogOutput) {
@@ -120,8 +218,8 @@ async fn keep(capture: &mut Capture, out: LogOutput) {
 }
 
 /// Kills the tree of one exec from inside the container (as the container's default
-/// user, which is the user the exec ran as).
-async fn kill_tree(rt: &DockerRuntime, docker: &Docker, container: &str, marker: &str) {
+/// user, which is the user the exec ran as). `Err` says why it could not be done.
+async fn kill_tree(rt: &DockerRuntime, docker: &Docker, container: &str, marker: &str) -> Result<(), String> {
     let opts = CreateExecOptions {
         attach_stdout: Some(true),
         attach_stderr: Some(true),
@@ -129,17 +227,28 @@ async fn kill_tree(rt: &DockerRuntime, docker: &Docker, container: &str, marker:
         ..Default::default()
     };
     let run = async {
-        let created = docker.create_exec(container, opts).await?;
-        if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&created.id, None).await? {
-            while output.next().await.is_some() {}
+        let created = rt.bounded("creating the kill exec", docker.create_exec(container, opts)).await?;
+        let mut said = Vec::new();
+        if let StartExecResults::Attached { mut output, .. } =
+            rt.bounded("starting the kill exec", docker.start_exec(&created.id, None)).await?
+        {
+            while let Some(Ok(out)) = output.next().await {
+                said.extend_from_slice(&out.into_bytes());
+            }
         }
-        Ok::<(), BollardError>(())
+        Ok::<_, RuntimeError>((exit_code(rt, docker, &created.id).await?, said))
     };
-    match tokio::time::timeout(rt.settings.api_timeout, run).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(%container, error = %e, "could not kill exec tree"),
-        Err(_) => tracing::warn!(%container, "killing exec tree timed out"),
-    }
+    let res = match tokio::time::timeout(rt.settings.api_timeout, run).await {
+        Ok(Ok((0, _))) => return Ok(()),
+        Ok(Ok((code, said))) => match start_failure(code, &said) {
+            Some(_) => "the image has no /bin/sh to run the kill with".to_string(),
+            None => format!("the kill exited {code}: {}", String::from_utf8_lossy(&said).trim()),
+        },
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("the kill did not finish within {:?}", rt.settings.api_timeout),
+    };
+    tracing::warn!(%container, error = %res, "could not kill an exec's processes");
+    Err(res)
 }
 
 async fn exit_code(rt: &DockerRuntime, docker: &Docker, exec_id: &str) -> Result<i64, RuntimeError> {
@@ -158,5 +267,43 @@ async fn exit_code(rt: &DockerRuntime, docker: &Docker, exec_id: &str) -> Result
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_start_failures_table() {
+        let rows: &[(i64, &str, Option<StartFailure>)] = &[
+            (
+                126,
+                r#"OCI runtime exec failed: exec failed: unable to start container process: exec: "nope": executable file not found in $PATH: unknown"#,
+                Some(StartFailure::NotFound),
+            ),
+            (
+                126,
+                r#"OCI runtime exec failed: exec failed: unable to start container process: exec: "/x/y": stat /x/y: no such file or directory: unknown"#,
+                Some(StartFailure::NotFound),
+            ),
+            (
+                126,
+                r#"OCI runtime exec failed: exec failed: unable to start container process: exec: "/etc/passwd": permission denied: unknown"#,
+                Some(StartFailure::NotExecutable),
+            ),
+            (
+                126,
+                r#"OCI runtime exec failed: exec failed: unable to start container process: chdir to cwd ("/nope") set in config.json failed: no such file or directory: unknown"#,
+                Some(StartFailure::Workdir),
+            ),
+            // A command that prints the same words but exits otherwise is just output.
+            (0, r#"OCI runtime exec failed: exec failed: executable file not found"#, None),
+            (126, "OCI runtime exec failed: executable file not found\nmore output", None),
+            (126, "some other text", None),
+        ];
+        for (code, text, want) in rows {
+            assert_eq!(start_failure(*code, text.as_bytes()), *want, "{code} {text}");
+        }
     }
 }

@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::{ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, LiveTx, Runtime, RuntimeError, RuntimeKind};
+use super::{Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, Runtime, RuntimeError, RuntimeKind};
 use crate::config::Config;
 
 mod exec;
@@ -53,6 +53,12 @@ pub struct DockerSettings {
     pub api_timeout: Duration,
     pub pull_timeout: Duration,
     pub stop_timeout: Duration,
+    /// Host address published ports bind to (`[container] publish_address`).
+    pub publish_address: String,
+    /// The uid:gid that strict-profile containers run as: the workspace owner when that
+    /// is not root (a non-root berthd, or `[local] enabled`), so that a container without
+    /// capabilities can still write the workspace.
+    pub strict_user: Option<String>,
     /// The `[container]` defaults; a project's `Limits` override them.
     pub profile: Profile,
     pub memory: u64,
@@ -65,8 +71,10 @@ pub struct DockerSettings {
 }
 
 impl DockerSettings {
-    pub fn from_config(c: &Config, state_dir: &Path) -> Self {
+    pub fn from_config(c: &Config, state_dir: &Path, owner: (u32, u32)) -> Self {
         Self {
+            publish_address: c.container.publish_address.to_string(),
+            strict_user: (owner.0 != 0).then(|| format!("{}:{}", owner.0, owner.1)),
             host: c.docker_host(),
             network: c.docker.network.clone(),
             label_project: c.docker.label_project.clone(),
@@ -118,9 +126,7 @@ impl DockerRuntime {
         .map_err(|e| RuntimeError::Unavailable(format!("{host}: {e}")))?;
         let docker = tokio::time::timeout(self.settings.api_timeout, docker.negotiate_version())
             .await
-            .map_err(|_| {
-                RuntimeError::Unavailable(format!("{host}: no answer within {:?}", self.settings.api_timeout))
-            })?
+            .map_err(|_| RuntimeError::Timeout(format!("{host}: no answer within {:?}", self.settings.api_timeout)))?
             .map_err(|e| RuntimeError::Unavailable(format!("{host}: {e}")))?;
         *guard = Some(docker.clone());
         Ok(docker)
@@ -130,10 +136,19 @@ impl DockerRuntime {
     /// reconnects (and renegotiates) instead of reusing a dead one.
     async fn fail(&self, e: BollardError) -> RuntimeError {
         match e {
+            BollardError::DockerResponseServerError { status_code: 404, message } => RuntimeError::NotFound(message),
+            BollardError::DockerResponseServerError { status_code: 409, message } => RuntimeError::Conflict(message),
             BollardError::DockerResponseServerError { status_code, message } => {
                 RuntimeError::Engine(format!("{message} (HTTP {status_code})"))
             }
             BollardError::DockerStreamError { error } => RuntimeError::Engine(error),
+            BollardError::RequestTimeoutError => {
+                *self.client.lock().await = None;
+                RuntimeError::Timeout(format!(
+                    "{}: no answer within {:?}",
+                    self.settings.host, self.settings.api_timeout
+                ))
+            }
             other => {
                 *self.client.lock().await = None;
                 self.network_ready.store(false, Ordering::Relaxed);
@@ -151,8 +166,9 @@ impl DockerRuntime {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.fail(e).await),
             Err(_) => {
+                // A slow engine is not an absent one: a timeout never marks it unavailable.
                 *self.client.lock().await = None;
-                Err(RuntimeError::Unavailable(format!(
+                Err(RuntimeError::Timeout(format!(
                     "{what}: no answer from {} within {:?}",
                     self.settings.host, self.settings.api_timeout
                 )))
@@ -202,11 +218,21 @@ impl DockerRuntime {
                     Ok(Ok(_)) => tracing::info!(network = %name, "created network"),
                     Ok(Err(e)) if Self::is_conflict(&e) => {}
                     Ok(Err(e)) => return Err(self.fail(e).await),
-                    Err(_) => return Err(RuntimeError::Unavailable(format!("creating network {name}: timed out"))),
+                    Err(_) => {
+                        return Err(RuntimeError::Timeout(format!(
+                            "creating network {name}: no answer within {:?}",
+                            self.settings.api_timeout
+                        )))
+                    }
                 }
             }
             Ok(Err(e)) => return Err(self.fail(e).await),
-            Err(_) => return Err(RuntimeError::Unavailable(format!("inspecting network {name}: timed out"))),
+            Err(_) => {
+                return Err(RuntimeError::Timeout(format!(
+                    "inspecting network {name}: no answer within {:?}",
+                    self.settings.api_timeout
+                )))
+            }
         }
         self.network_ready.store(true, Ordering::Relaxed);
         Ok(())
@@ -219,7 +245,12 @@ impl DockerRuntime {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(e)) if Self::is_not_found(&e) => {}
             Ok(Err(e)) => return Err(self.fail(e).await),
-            Err(_) => return Err(RuntimeError::Unavailable(format!("inspecting image {image}: timed out"))),
+            Err(_) => {
+                return Err(RuntimeError::Timeout(format!(
+                    "inspecting image {image}: no answer within {:?}",
+                    self.settings.api_timeout
+                )))
+            }
         }
         let (repo, tag) = split_image(image);
         tracing::info!(%image, "pulling image");
@@ -256,7 +287,7 @@ impl DockerRuntime {
             exposed.push(container.clone());
             port_bindings.insert(
                 container.clone(),
-                Some(vec![PortBinding { host_ip: None, host_port: Some(host.to_string()) }]),
+                Some(vec![PortBinding { host_ip: Some(s.publish_address.clone()), host_port: Some(host.to_string()) }]),
             );
         }
         let l = spec.limits;
@@ -296,6 +327,10 @@ impl DockerRuntime {
             ..Default::default()
         };
         ContainerCreateBody {
+            user: match profile {
+                Profile::Strict => s.strict_user.clone(),
+                Profile::Default => None,
+            },
             image: Some(spec.image.to_string()),
             entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), KEEPALIVE.into()]),
             cmd: Some(vec![]),
@@ -343,7 +378,10 @@ impl DockerRuntime {
             }
             Ok(Err(e)) if Self::is_not_found(&e) => Ok(None),
             Ok(Err(e)) => Err(self.fail(e).await),
-            Err(_) => Err(RuntimeError::Unavailable(format!("inspecting {name}: timed out"))),
+            Err(_) => Err(RuntimeError::Timeout(format!(
+                "inspecting {name}: no answer within {:?}",
+                self.settings.api_timeout
+            ))),
         }
     }
 
@@ -352,7 +390,9 @@ impl DockerRuntime {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if Self::is_not_modified(&e) => Ok(()),
             Ok(Err(e)) => Err(self.fail(e).await),
-            Err(_) => Err(RuntimeError::Unavailable(format!("starting {name}: timed out"))),
+            Err(_) => {
+                Err(RuntimeError::Timeout(format!("starting {name}: no answer within {:?}", self.settings.api_timeout)))
+            }
         }
     }
 }
@@ -385,7 +425,12 @@ impl Runtime for DockerRuntime {
                     // Made by a racing call a moment ago: fine, start it below.
                     Ok(Err(e)) if Self::is_conflict(&e) => {}
                     Ok(Err(e)) => return Err(self.fail(e).await),
-                    Err(_) => return Err(RuntimeError::Unavailable(format!("creating {name}: timed out"))),
+                    Err(_) => {
+                        return Err(RuntimeError::Timeout(format!(
+                            "creating {name}: no answer within {:?}",
+                            self.settings.api_timeout
+                        )))
+                    }
                 }
                 self.start_raw(&docker, &name).await?;
             }
@@ -413,7 +458,9 @@ impl Runtime for DockerRuntime {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if Self::is_not_modified(&e) || Self::is_not_found(&e) => Ok(()),
             Ok(Err(e)) => Err(self.fail(e).await),
-            Err(_) => Err(RuntimeError::Unavailable(format!("stopping {name}: timed out"))),
+            Err(_) => {
+                Err(RuntimeError::Timeout(format!("stopping {name}: no answer within {:?}", self.settings.api_timeout)))
+            }
         }
     }
 
@@ -430,7 +477,9 @@ impl Runtime for DockerRuntime {
             // 409: removal already in progress.
             Ok(Err(e)) if Self::is_conflict(&e) => Ok(()),
             Ok(Err(e)) => Err(self.fail(e).await),
-            Err(_) => Err(RuntimeError::Unavailable(format!("removing {name}: timed out"))),
+            Err(_) => {
+                Err(RuntimeError::Timeout(format!("removing {name}: no answer within {:?}", self.settings.api_timeout)))
+            }
         }
     }
 
@@ -468,7 +517,7 @@ impl Runtime for DockerRuntime {
     async fn logs(&self, project: &ProjectName, tail: Option<u64>) -> Result<String, RuntimeError> {
         let docker = self.client().await?;
         if self.inspect_raw(&docker, project).await?.is_none() {
-            return Err(RuntimeError::Engine(format!("project {project} has no container")));
+            return Err(RuntimeError::NotFound(format!("project {project} has no container")));
         }
         let tail = tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into());
         let opts = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(&tail).build();
@@ -490,10 +539,10 @@ impl Runtime for DockerRuntime {
         project: &ProjectName,
         _workspace: &Path,
         spec: ExecSpec,
-        live: Option<LiveTx>,
+        capture: Capture,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, RuntimeError> {
-        exec::run(self, project, spec, live, cancel).await
+        exec::run(self, project, spec, capture, cancel).await
     }
 }
 
