@@ -430,11 +430,23 @@ mod tests {
         let text = include_str!("../config/berth.toml");
         let c = Config::parse(text).expect("config/berth.toml parses");
         let d = Config::default();
-        assert_eq!(c.docker.network, d.docker.network);
-        assert_eq!(c.exec.default_timeout, d.exec.default_timeout);
-        assert_eq!(c.janitor.reconcile_interval, d.janitor.reconcile_interval);
-        assert_eq!(c.server.max_connections, d.server.max_connections);
-        assert_eq!(c.container.memory, d.container.memory);
+        // Every value, not a sample: the example documents the defaults exactly.
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+        for key in ["enabled", "user", "max_buffered", "max_memory", "max_pids_limit", "max_cpus", "publish_address"] {
+            assert!(text.lines().any(|l| l.trim_start().starts_with(key)), "config/berth.toml lists {key}");
+        }
+    }
+
+    #[test]
+    fn defaults_past_the_ceilings_are_refused() {
+        let e = Config::parse("[container]\nmemory = \"8GiB\"\n").unwrap_err();
+        assert!(e.contains("max_memory"), "{e}");
+        let e = Config::parse("[container]\nprofile = \"default\"\nmax_pids_limit = 100\n").unwrap_err();
+        assert!(e.contains("max_pids_limit"), "{e}");
+        let c = Config::parse("[container]\nmemory = \"0\"\nmax_memory = \"0\"\n").unwrap();
+        assert_eq!(c.container.memory.0, 0, "no ceiling: no limit may be the default");
+        let e = Config::parse("[container]\npublish_address = \"localhost\"\n").unwrap_err();
+        assert!(e.contains("publish_address") || e.contains("address"), "{e}");
     }
 
     #[test]

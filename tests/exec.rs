@@ -355,3 +355,43 @@ fn tools_are_routed_by_config() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["runtime"], "docker");
 }
+
+#[test]
+fn commands_that_cannot_start_exit_127_or_126_with_the_reason_on_stderr() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("nostart");
+    d.ok("project.create", json!({"name": name}));
+    // (command, exit code, words of the reason)
+    let rows = [
+        (json!(["no-such-command"]), 127, "not found"),
+        (json!(["/no/such/path"]), 127, "not found"),
+        (json!(["/etc/passwd"]), 126, "not executable"),
+    ];
+    for (cmd, code, words) in rows {
+        for stream in [false, true] {
+            let (r, notes) =
+                d.client().call_collect("project.exec", json!({"name": name, "command": cmd, "stream": stream}));
+            let res = &r["result"];
+            assert_eq!(res["exit_code"], code, "{cmd} {r}");
+            assert_eq!(res["stdout"], "", "the engine's text is not the command's output: {r}");
+            assert!(notes.is_empty(), "nothing streamed as output: {notes:?}");
+            let why = res["exec_error"].as_str().unwrap_or_else(|| panic!("exec_error in {r}"));
+            assert!(why.contains(words) && why.contains(cmd[0].as_str().unwrap()), "{why}");
+        }
+        let o = d.berth(&["exec", &name, "--", cmd[0].as_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(code), "{o:?}");
+        assert!(o.stdout.is_empty(), "{o:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(words), "{o:?}");
+    }
+    // A missing workdir is the request's fault.
+    let e = d.rpc("project.exec", json!({"name": name, "command": ["ls"], "workdir": "/no/such/dir"}));
+    assert_eq!(e["error"]["data"]["kind"], "invalid_params", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("\"/no/such/dir\""), "{e}");
+    // A command that prints the engine's words itself is still just output.
+    let r = d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", "echo 'OCI runtime exec failed: x'; exit 126"]}));
+    assert_eq!((r["exit_code"].clone(), r["stdout"].clone()), (json!(126), json!("OCI runtime exec failed: x\n")));
+    assert!(r.get("exec_error").is_none(), "{r}");
+}

@@ -445,6 +445,9 @@ pub fn exec_result(o: &ExecOutcome, duration: Duration, runtime: RuntimeKind) ->
         "duration_ms": duration.as_millis() as u64,
         "runtime": runtime.as_str(),
     });
+    if let Some(why) = &o.exec_error {
+        v["exec_error"] = json!(why);
+    }
     if let Some(e) = out_enc {
         v["stdout_encoding"] = json!(e);
     }
