@@ -47,7 +47,7 @@ fn bytes(v: &Value) -> String {
 /// A limit where 0 means none.
 fn zero_none(v: &Value) -> String {
     match v.as_f64() {
-        Some(n) if n == 0.0 => "none".into(),
+        Some(0.0) => "none".into(),
         _ => s(v),
     }
 }
