@@ -140,7 +140,7 @@ fn limits(l: &Value) -> Option<String> {
 
 pub fn project(p: &Value) -> String {
     let mut out = String::new();
-    let mut line = |key: &str, value: String| out.push_str(&format!("{key:<12} {value}\n"));
+    let mut line = |key: &str, value: String| out.push_str(&format!("{}\n", format!("{key:<12} {value}").trim_end()));
     for key in ["name", "description", "image", "status"] {
         line(key, s(&p[key]));
     }
@@ -293,6 +293,7 @@ mod tests {
         assert!(out.contains("created      2026-11-27T18:29:07Z\n"), "{out}");
         assert!(out.contains("ports        80/tcp=8080\n"), "{out}");
         assert!(!out.contains("env "), "empty env is not shown:\n{out}");
+        assert!(out.contains("\ndescription\n"), "empty description, no trailing blank:\n{out}");
     }
 
     #[test]
