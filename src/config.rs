@@ -184,7 +184,7 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        let cfg: Config = toml::from_str(text).map_err(|e| describe_toml_error(&e))?;
+        let cfg: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
         cfg.check().map_err(|e| e.to_string())?;
         Ok(cfg)
     }
@@ -401,8 +401,8 @@ impl<'de> Deserialize<'de> for Size {
 }
 
 /// A TOML error as one line that names the key: `exec.default_timeout: invalid duration
-/// "soon" (...)`.
-fn describe_toml_error(e: &toml::de::Error) -> String {
+/// "soon" (...)`, or the line for a syntax error.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     // Without its input, the error's `Display` is the message and then "in `a.b`" naming
     // the key (with the input it shows a source snippet instead).
     let mut bare = e.clone();
@@ -411,7 +411,13 @@ fn describe_toml_error(e: &toml::de::Error) -> String {
     let key = shown.strip_prefix(e.message()).and_then(|rest| rest.trim().strip_prefix("in `")?.strip_suffix('`'));
     match key {
         Some(k) if !k.is_empty() => format!("{k}: {}", e.message()),
-        _ => e.message().to_string(),
+        _ => match e.span() {
+            Some(span) => {
+                let line = text.as_bytes()[..span.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1;
+                format!("line {line}: {}", e.message().trim_end())
+            }
+            None => e.message().trim_end().to_string(),
+        },
     }
 }
 
@@ -558,5 +564,7 @@ mod tests {
         assert!(e.contains("or \"off\""), "{e}");
         let e = Config::parse("[exec]\ndefault_timeuot = \"1s\"\n").unwrap_err();
         assert!(e.starts_with("exec: ") && e.contains("default_timeuot"), "{e}");
+        let e = Config::parse("# berth\n[exec\n").unwrap_err();
+        assert!(e.starts_with("line 2: ") && !e.contains('\n'), "a syntax error names its line: {e}");
     }
 }
