@@ -119,10 +119,10 @@ pub enum Command {
         /// Kill the command after this long, e.g. 30s, 5m (default: the daemon's exec.default_timeout, 10m out of the box).
         #[arg(long)]
         timeout: Option<String>,
-        /// Run on the host in the workspace instead of the container (default: the container).
+        /// Run on the host in the workspace instead of the container (default: off, the daemon decides where).
         #[arg(long)]
         local: bool,
-        /// Tool name, for the daemon's [routing] rules (default: none, the container).
+        /// Tool name, for the daemon's [routing] container_tools rules (default: none).
         #[arg(long)]
         tool: Option<String>,
         /// Do not forward berth's own stdin (default: forwarded when it is not a terminal).
