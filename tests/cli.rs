@@ -296,22 +296,25 @@ fn usage_errors_exit_2_whoever_finds_them_and_daemon_errors_exit_1() {
         return;
     }
     let d = Daemon::start("");
+    let x = d.name("x");
     // Found by clap or the client.
     assert_eq!(d.berth(&["frobnicate"]).status.code(), Some(2));
-    assert_eq!(d.berth(&["exec", "x"]).status.code(), Some(2), "exec without a command");
-    assert_eq!(d.berth(&["create", "x", "--env", "NOEQUALS"]).status.code(), Some(2));
+    assert_eq!(d.berth(&["exec", &x]).status.code(), Some(2), "exec without a command");
+    let o = d.berth(&["create", &x, "--env", "NOEQUALS"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("\"NOEQUALS\""));
     // Found by the daemon (invalid_name, invalid_params): still usage errors, still named.
     for (args, bad) in [
         (vec!["get", "../etc"], "\"../etc\""),
-        (vec!["create", "x", "--memory", "lots"], "\"lots\""),
-        (vec!["exec", "--timeout", "soon", "x", "--", "true"], "\"soon\""),
+        (vec!["create", &x, "--memory", "lots"], "\"lots\""),
+        (vec!["exec", "--timeout", "soon", &x, "--", "true"], "\"soon\""),
     ] {
         let o = d.berth(&args);
         let msg = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {msg}");
         assert!(msg.starts_with("berth: ") && msg.contains(bad), "{args:?}: {msg}");
     }
-    assert!(docker_inspect("berth-x", "{{.Id}}").is_none(), "nothing was created");
+    assert!(docker_inspect(&format!("berth-{x}"), "{{.Id}}").is_none(), "nothing was created");
     // Anything else the daemon refuses exits 1.
     let missing = d.name("missing");
     let o = d.berth(&["get", &missing]);
