@@ -220,7 +220,7 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        let cfg: Config = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let cfg: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
         cfg.check().map_err(|e| e.to_string())?;
         Ok(cfg)
     }
@@ -342,16 +342,25 @@ pub fn resolve_state_dir(flag: Option<&Path>, config: Option<&Path>) -> PathBuf 
         .join("berth")
 }
 
-/// A humantime duration in the config.
+/// Examples shown when a duration is refused.
+const DURATION_EXAMPLES: &str = r#"expected e.g. "30s", "10m", "2h""#;
+
+/// A humantime duration in the config ("30s", "10m", "2h", "30d", "1h 30m").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn parse(s: &str) -> Result<Dur, String> {
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|_| format!("invalid duration {s:?} ({DURATION_EXAMPLES})"))
+    }
+}
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+        Dur::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -359,45 +368,86 @@ impl<'de> Deserialize<'de> for Dur {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptDur(pub Option<Duration>);
 
+impl OptDur {
+    pub fn parse(s: &str) -> Result<OptDur, String> {
+        if s.trim() == "off" {
+            return Ok(OptDur(None));
+        }
+        humantime::parse_duration(s.trim())
+            .map(|d| OptDur(Some(d)))
+            .map_err(|_| format!(r#"invalid duration {s:?} ({DURATION_EXAMPLES}, or "off")"#))
+    }
+}
+
 impl<'de> Deserialize<'de> for OptDur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        if s == "off" {
-            return Ok(OptDur(None));
-        }
-        humantime::parse_duration(&s)
-            .map(|d| OptDur(Some(d)))
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} (or \"off\"): {e}")))
+        OptDur::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
-/// A byte size such as `"16MiB"`, `"4GiB"`, `"512KiB"` or `"1000"`.
+/// A byte size, in the Docker CLI's forms: `"512m"`, `"1g"`, `"1.5GiB"`, `"16MiB"`,
+/// `"1000"`.
+///
+/// One convention for every unit: binary. `k`, `kb` and `kib` are 1024 bytes; `m`/`mb`/`mib`
+/// 1024², `g`/`gb`/`gib` 1024³, `t`/`tb`/`tib` 1024⁴; `b` or no unit is bytes. Units are
+/// case-insensitive and may follow the number after a space. A decimal number is allowed
+/// (`"1.5g"`) and the result is rounded down to whole bytes. Negative numbers, an empty
+/// string, `NaN`, exponents and unknown units are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
 
+/// Examples shown when a size is refused.
+const SIZE_EXAMPLES: &str = r#"expected e.g. "512m", "1.5GiB", "16MiB", "1000""#;
+
+/// Binary units, largest first: how `Display` picks the unit.
+const SIZE_UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+
 impl Size {
     pub fn parse(s: &str) -> Result<Size, String> {
+        let bad = |why: &str| format!("invalid size {s:?}: {why} ({SIZE_EXAMPLES})");
         let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        if t.is_empty() {
+            return Err(bad("empty"));
+        }
+        let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" | "K" | "k" => 1 << 10,
-            "MiB" | "M" => 1 << 20,
-            "GiB" | "G" => 1 << 30,
-            "KB" | "kB" => 1000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            _ => return Err(format!("invalid size {s:?}: unknown unit {unit:?}")),
+        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+        let well_formed =
+            !int.is_empty() && int.chars().all(|c| c.is_ascii_digit()) && frac.chars().all(|c| c.is_ascii_digit());
+        if !well_formed || num.ends_with('.') {
+            return Err(bad("not a non-negative number"));
+        }
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            "t" | "tb" | "tib" => 1 << 40,
+            _ => return Err(bad(&format!("unknown unit {:?}", unit.trim()))),
         };
-        n.checked_mul(mult).map(Size).ok_or_else(|| format!("invalid size {s:?}: too large"))
+        let too_large = || bad("too large");
+        let whole = int.parse::<u64>().map_err(|_| too_large())?.checked_mul(mult).ok_or_else(too_large)?;
+        // The fraction in integers, so "1.5g" is exact; digits past the 18th are ignored
+        // (they weigh less than a millionth of a byte).
+        let frac = &frac[..frac.len().min(18)];
+        let part = if frac.is_empty() {
+            0
+        } else {
+            let digits: u128 = frac.parse().map_err(|_| bad("not a non-negative number"))?;
+            (digits * u128::from(mult) / 10u128.pow(frac.len() as u32)) as u64
+        };
+        whole.checked_add(part).map(Size).ok_or_else(too_large)
     }
 }
 
+/// The largest binary unit that shows the size exactly: `16MiB`, `1536MiB`, `1000`.
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} bytes", self.0)
+        match SIZE_UNITS.iter().find(|(_, m)| self.0 != 0 && self.0 % m == 0) {
+            Some((unit, m)) => write!(f, "{}{unit}", self.0 / m),
+            None => write!(f, "{}", self.0),
+        }
     }
 }
 
@@ -405,6 +455,27 @@ impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Size::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A TOML error as one line that names the key: `exec.default_timeout: invalid duration
+/// "soon" (...)`, or the line for a syntax error.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    // Without its input, the error's `Display` is the message and then "in `a.b`" naming
+    // the key (with the input it shows a source snippet instead).
+    let mut bare = e.clone();
+    bare.set_input(None);
+    let shown = bare.to_string();
+    let key = shown.strip_prefix(e.message()).and_then(|rest| rest.trim().strip_prefix("in `")?.strip_suffix('`'));
+    match key {
+        Some(k) if !k.is_empty() => format!("{k}: {}", e.message()),
+        _ => match e.span() {
+            Some(span) => {
+                let line = text.as_bytes()[..span.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1;
+                format!("line {line}: {}", e.message().trim_end())
+            }
+            None => e.message().trim_end().to_string(),
+        },
     }
 }
 
@@ -476,11 +547,94 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(Size::parse("16MiB").unwrap().0, 16 << 20);
-        assert_eq!(Size::parse("1000").unwrap().0, 1000);
-        assert_eq!(Size::parse("4GiB").unwrap().0, 4 << 30);
-        assert!(Size::parse("-1").is_err());
-        assert!(Size::parse("MiB").is_err());
+    fn sizes_take_the_docker_cli_forms_all_binary() {
+        let table: &[(&str, u64)] = &[
+            ("1000", 1000),
+            ("0", 0),
+            ("12b", 12),
+            ("1k", 1 << 10),
+            ("1KB", 1 << 10),
+            ("1kib", 1 << 10),
+            ("512m", 512 << 20),
+            ("512M", 512 << 20),
+            ("16MiB", 16 << 20),
+            ("16mb", 16 << 20),
+            ("1g", 1 << 30),
+            ("4GiB", 4 << 30),
+            ("1.5GiB", 3 << 29),
+            ("1.5g", 3 << 29),
+            ("2 GB", 2 << 30),
+            ("1t", 1 << 40),
+            ("1TiB", 1 << 40),
+            ("0.5k", 512),
+            // Rounded down to whole bytes.
+            ("1.0001k", 1024),
+            ("0.3b", 0),
+        ];
+        for (text, want) in table {
+            assert_eq!(Size::parse(text), Ok(Size(*want)), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_refused_naming_the_value() {
+        for bad in [
+            "",
+            " ",
+            "-1",
+            "-1g",
+            "MiB",
+            "NaN",
+            "nan",
+            "inf",
+            "1e3",
+            "1.",
+            ".5g",
+            "1..5g",
+            "1.5.2g",
+            "12XB",
+            "1pb",
+            "1 2",
+            "99999999999t",
+        ] {
+            let e = Size::parse(bad).expect_err(bad);
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+        assert!(Size::parse("12XB").unwrap_err().contains("unknown unit \"XB\""));
+    }
+
+    #[test]
+    fn sizes_display_in_the_largest_exact_binary_unit() {
+        for (n, shown) in
+            [(16 << 20, "16MiB"), (4 << 30, "4GiB"), (3 << 29, "1536MiB"), (1000, "1000"), (0, "0"), (1 << 40, "1TiB")]
+        {
+            assert_eq!(Size(n).to_string(), shown);
+            assert_eq!(Size::parse(shown), Ok(Size(n)), "display parses back");
+        }
+    }
+
+    #[test]
+    fn bad_durations_and_sizes_name_the_key_and_show_an_example() {
+        let table = [
+            (
+                "[exec]\ndefault_timeout = \"soon\"\n",
+                "exec.default_timeout: invalid duration \"soon\" (expected e.g. \"30s\"",
+            ),
+            ("[janitor]\nidle_stop_after = \"never\"\n", "janitor.idle_stop_after: invalid duration \"never\""),
+            ("[exec]\nmax_output = \"12XB\"\n", "exec.max_output: invalid size \"12XB\""),
+            ("[server]\nmax_line = \"-1\"\n", "server.max_line: invalid size \"-1\""),
+            ("[container]\nmemory = \"lots\"\n", "container.memory: invalid size \"lots\": "),
+        ];
+        for (text, want) in table {
+            let e = Config::parse(text).unwrap_err();
+            assert!(e.starts_with(want), "{text}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        let e = Config::parse("[janitor]\nidle_stop_after = \"never\"\n").unwrap_err();
+        assert!(e.contains("or \"off\""), "{e}");
+        let e = Config::parse("[exec]\ndefault_timeuot = \"1s\"\n").unwrap_err();
+        assert!(e.starts_with("exec: ") && e.contains("default_timeuot"), "{e}");
+        let e = Config::parse("# berth\n[exec\n").unwrap_err();
+        assert!(e.starts_with("line 2: ") && !e.contains('\n'), "a syntax error names its line: {e}");
     }
 }

@@ -57,8 +57,8 @@ pub fn main() -> ExitCode {
     };
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once, on stderr, whether or not logging shows errors (BERTH_LOG=off).
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("berthd: {e:#}");
             ExitCode::FAILURE
         }

@@ -291,20 +291,266 @@ fn sigterm_exits_zero_removes_the_socket_and_leaves_containers_running() {
 }
 
 #[test]
-fn usage_errors_exit_2_and_daemon_errors_exit_1() {
+fn usage_errors_exit_2_whoever_finds_them_and_daemon_errors_exit_1() {
     if !docker_available() {
         return;
     }
     let d = Daemon::start("");
+    let x = d.name("x");
+    // Found by clap or the client.
     assert_eq!(d.berth(&["frobnicate"]).status.code(), Some(2));
-    assert_eq!(d.berth(&["exec", "x"]).status.code(), Some(2), "exec without a command");
-    let o = d.berth(&["get", "../etc"]);
+    assert_eq!(d.berth(&["exec", &x]).status.code(), Some(2), "exec without a command");
+    let o = d.berth(&["create", &x, "--env", "NOEQUALS"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("\"NOEQUALS\""));
+    // Found by the daemon (invalid_name, invalid_params): still usage errors, still named.
+    for (args, bad) in [
+        (vec!["get", "../etc"], "\"../etc\""),
+        (vec!["create", &x, "--memory", "lots"], "\"lots\""),
+        (vec!["exec", "--timeout", "soon", &x, "--", "true"], "\"soon\""),
+    ] {
+        let o = d.berth(&args);
+        let msg = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {msg}");
+        assert!(msg.starts_with("berth: ") && msg.contains(bad), "{args:?}: {msg}");
+    }
+    assert!(docker_inspect(&format!("berth-{x}"), "{{.Id}}").is_none(), "nothing was created");
+    // Anything else the daemon refuses exits 1.
+    let missing = d.name("missing");
+    let o = d.berth(&["get", &missing]);
     assert_eq!(o.status.code(), Some(1));
-    let msg = String::from_utf8_lossy(&o.stderr);
-    assert!(msg.starts_with("berth: ") && msg.contains("\"../etc\""), "{msg}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&missing));
     let info = json_of(&d.berth_ok(&["info", "--json"]));
     assert_eq!(info["runtime"], "docker");
     assert_eq!(info["docker"]["available"], true);
     assert!(info["docker"]["version"].as_str().is_some_and(|v| !v.is_empty()));
     assert_eq!(info["projects"], 0);
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, nothing more.
+fn is_whole_second_utc(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() == 20
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+#[test]
+fn human_output_aligns_ls_shows_limits_and_whole_second_times() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let short = d.name("a");
+    let long = d.name("a-rather-long-project-name-for-ls");
+    d.berth_ok(&["create", &short, "--memory", "1GiB", "--pids-limit", "256", "--network", "none"]);
+    d.berth_ok(&["create", &long]);
+
+    let get = d.berth_ok(&["get", &short]);
+    let limits = get.lines().find(|l| l.starts_with("limits ")).unwrap_or_else(|| panic!("no limits line:\n{get}"));
+    for part in ["network=none", "memory=1GiB", "pids=256"] {
+        assert!(limits.split_whitespace().any(|w| w == part), "{part} in {limits}");
+    }
+    for key in ["created", "last_used"] {
+        let line = get.lines().find(|l| l.starts_with(key)).unwrap();
+        let t = line.split_whitespace().nth(1).unwrap();
+        assert!(is_whole_second_utc(t), "{key} {t:?}");
+    }
+
+    let ls = d.berth_ok(&["ls"]);
+    let lines: Vec<&str> = ls.lines().collect();
+    assert_eq!(lines.len(), 3, "{ls}");
+    for col in ["STATUS", "IMAGE", "CREATED", "LAST-USED"] {
+        let at = lines[0].find(col).unwrap();
+        for row in &lines[1..] {
+            assert!(row[..at].ends_with("  ") && !row[at..].starts_with(' '), "{col} lines up:\n{ls}");
+        }
+    }
+    for row in &lines[1..] {
+        let times: Vec<&str> = row.split_whitespace().skip(3).collect();
+        assert!(times.len() == 2 && times.iter().all(|t| is_whole_second_utc(t)), "{row}");
+    }
+
+    assert_eq!(d.berth_ok(&["reconcile"]), "nothing changed\n");
+    let stale = d.berth_ok(&["archive-stale"]);
+    assert!(stale.starts_with("nothing to archive"), "{stale}");
+}
+
+#[test]
+fn get_shows_the_effective_limits() {
+    // needs daemon: effective limits (Project.limits filled with the daemon's values)
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("eff");
+    let created = d.berth_ok(&["create", &name]);
+    assert!(
+        created.contains("limits       profile=default network=default memory=4GiB pids=1024 cpus=none\n"),
+        "{created}"
+    );
+    let get = d.berth_ok(&["get", &name]);
+    assert!(get.contains("memory=4GiB pids=1024"), "{get}");
+}
+
+#[test]
+fn rm_says_where_the_workspace_went() {
+    // needs daemon: project.delete result {"archived": path} / {"purged": true}
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let keep = d.name("kept");
+    let gone = d.name("purged");
+    d.berth_ok(&["create", &keep]);
+    d.berth_ok(&["create", &gone]);
+    let out = d.berth_ok(&["rm", &keep]);
+    let prefix = format!("removed {keep}; workspace archived to ");
+    let path = out.trim_end().strip_prefix(&prefix).unwrap_or_else(|| panic!("{out}"));
+    assert!(PathBuf::from(path).is_dir() && path.starts_with(d.state.join("archive").to_str().unwrap()), "{out}");
+    assert_eq!(d.berth_ok(&["rm", "--purge", &gone]), format!("removed {gone}; workspace deleted\n"));
+}
+
+#[test]
+fn exec_says_when_it_created_the_project() {
+    // needs daemon: ExecResult.auto_created
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("made");
+    let o = d.berth(&["exec", &name, "--", "echo", "hi"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), format!("berth: created project {name} (image {IMAGE})\n"));
+    // The second exec finds it: nothing to say.
+    let o = d.berth(&["exec", &name, "--", "true"]);
+    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn exec_of_a_command_that_cannot_start_says_why() {
+    // needs daemon: ExecResult.exec_error (127 missing, 126 not executable)
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("cant");
+    d.berth_ok(&["create", &name]);
+    let o = d.berth(&["exec", &name, "--", "/no/such/program"]);
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(127), "{msg}");
+    assert!(msg.starts_with("berth: ") && msg.contains("/no/such/program"), "{msg}");
+
+    std::fs::write(d.state.join("projects").join(&name).join("script"), "#!/bin/sh\necho never\n").unwrap();
+    let o = d.berth(&["exec", &name, "--", "/workspace/script"]);
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(126), "{msg}");
+    assert!(msg.starts_with("berth: ") && msg.contains("/workspace/script"), "{msg}");
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn exec_says_when_output_was_truncated() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("[exec]\nmax_output = \"1KiB\"\n");
+    let name = d.name("trunc");
+    d.berth_ok(&["create", &name]);
+    let cmd = ["exec", &name, "--", "sh", "-c", "head -c 5000 /dev/zero | tr '\\0' a"];
+    let o = d.berth(&cmd);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(o.stdout.len(), 1024, "the daemon keeps max_output per stream");
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(msg.starts_with("berth: output truncated") && msg.lines().count() == 1, "{msg}");
+    // Machine output carries it in the document instead.
+    let o = d.berth(&[&["--json"][..], &cmd[..]].concat());
+    assert!(o.stderr.is_empty());
+    assert_eq!(json_of(&String::from_utf8_lossy(&o.stdout))["truncated"], true);
+}
+
+#[test]
+fn logs_show_recent_activity() {
+    // needs daemon: project.logs result "activity"
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("act");
+    d.berth_ok(&["create", &name]);
+    d.berth_ok(&["exec", &name, "--", "echo", "two words"]);
+    let logs = d.berth_ok(&["logs", &name]);
+    let (_, activity) = logs.split_once("recent activity:\n").unwrap_or_else(|| panic!("{logs}"));
+    let line = activity.lines().last().unwrap();
+    assert!(is_whole_second_utc(line.split_whitespace().next().unwrap()), "{line}");
+    assert!(line.contains(" exit=0 ") && line.ends_with("docker  echo 'two words'"), "{line}");
+    let j = json_of(&d.berth_ok(&["logs", &name, "--json"]));
+    assert!(j["activity"].as_array().is_some_and(|a| !a.is_empty()), "{j}");
+}
+
+#[test]
+fn completions_for_each_shell_need_no_daemon() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = std::process::Command::new(berth_bin())
+            .args(["--socket", "/nonexistent/berth.sock", "completions", shell])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{shell}: {}", String::from_utf8_lossy(&o.stderr));
+        let script = String::from_utf8_lossy(&o.stdout);
+        assert!(script.contains("berth") && script.contains("exec") && script.contains("archive-stale"), "{shell}");
+    }
+    let o = std::process::Command::new(berth_bin()).args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// Runs `berthd` with `config` (text, or a path that does not exist when `None`) and
+/// returns its exit code and stderr; for start-up failures only.
+fn berthd_failing(config: Option<&str>) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berth.toml");
+    if let Some(text) = config {
+        std::fs::write(&path, text).unwrap();
+    }
+    let o = std::process::Command::new(berthd_bin())
+        .arg("--config")
+        .arg(&path)
+        .arg("--socket")
+        .arg(dir.path().join("run/berth.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).replace(&path.display().to_string(), "CONFIG");
+    (o.status.code(), err)
+}
+
+#[test]
+fn berthd_says_a_missing_config_once() {
+    let (code, err) = berthd_failing(None);
+    assert_ne!(code, Some(0));
+    assert_eq!(err.matches("CONFIG").count(), 1, "said once:\n{err}");
+    assert!(err.starts_with("berthd: cannot read config CONFIG"), "{err}");
+}
+
+#[test]
+fn berthd_names_the_key_of_a_bad_value() {
+    for (text, want) in [
+        (
+            "[exec]\ndefault_timeout = \"soon\"\n",
+            "exec.default_timeout: invalid duration \"soon\" (expected e.g. \"30s\"",
+        ),
+        ("[container]\nmemory = \"4 gigs\"\n", "container.memory: invalid size \"4 gigs\""),
+    ] {
+        let (code, err) = berthd_failing(Some(text));
+        assert_ne!(code, Some(0));
+        assert!(err.starts_with(&format!("berthd: invalid config CONFIG: {want}")), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
 }

@@ -1,22 +1,32 @@
 //! `berth`: the command-line client. Each command is one JSON-RPC request over the
 //! socket; `--json` prints the result exactly as the protocol returns it.
 //!
-//! Exit codes: 0 on success, 1 on an error (printed as `berth: <message>`), 2 on a usage
-//! error; `berth exec` exits with the command's own code (124 on timeout). The client
-//! validates nothing the daemon validates: the daemon's error is the one shown.
+//! Exit codes: 0 on success, 2 on a usage error (whether clap, this client or the daemon
+//! finds it: a daemon error of kind `invalid_params` or `invalid_name`), 1 on any other
+//! error (printed as `berth: <message>`); `berth exec` exits with the command's own code
+//! (124 on timeout). The client validates nothing the daemon validates: the daemon's
+//! error is the one shown.
+//!
+//! `mod.rs` holds the commands and the run; `request.rs` builds each request,
+//! `conn.rs` speaks the wire, `human.rs` formats results for people.
 
-use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read, Write};
+mod conn;
+mod human;
+mod request;
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use base64::Engine as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::aot::Shell;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 use crate::config;
+use conn::{decode_data, Conn};
+
+/// Exit code of a usage error.
+const USAGE: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, about = "Drive berthd: isolated containers, one per project")]
@@ -25,7 +35,7 @@ pub struct Cli {
     /// $XDG_RUNTIME_DIR/berth/berth.sock).
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Print the protocol's result as one JSON document.
+    /// Print the protocol's result as one JSON document (default: human output).
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -38,87 +48,122 @@ pub enum Command {
     Info,
     /// Register a project, make its workspace, create and start its container.
     Create {
+        /// Project name: a-z, 0-9, then also _ . - (up to 63 characters).
         name: String,
+        /// Image to run (default: the daemon's docker.default_image, node:20-slim out of the box).
         #[arg(long)]
         image: Option<String>,
+        /// Free text shown by get (default: empty).
         #[arg(long)]
         description: Option<String>,
-        /// K=V, repeatable.
+        /// Environment variable for every exec, K=V, repeatable (default: none).
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
-        /// HOST:CONTAINER[/udp], repeatable.
+        /// Published port, HOST:CONTAINER[/udp], repeatable (default: none).
         #[arg(long = "port", value_name = "HOST:CONTAINER")]
         port: Vec<String>,
-        /// Container profile: default or strict (overrides the daemon's [container] profile).
+        /// Container profile, default or strict (default: the daemon's [container] profile, "default" out of the box).
         #[arg(long)]
         profile: Option<String>,
-        /// "none" for a container without network (offline work).
+        /// "none" for a container without network, for offline work (default: the daemon's docker.network bridge).
         #[arg(long)]
         network: Option<String>,
-        /// Memory limit, e.g. 512MiB ("0": none).
+        /// Memory limit, e.g. 512m, 1.5GiB; "0" for none (default: the daemon's [container] memory, 4GiB out of the box).
         #[arg(long)]
         memory: Option<String>,
-        /// Process limit (0: none).
+        /// Process limit; 0 for none (default: the daemon's [container] pids_limit, 1024 out of the box).
         #[arg(long)]
         pids_limit: Option<i64>,
-        /// CPU limit in cores, e.g. 1.5.
+        /// CPU limit in cores, e.g. 1.5; 0 for none (default: the daemon's [container] cpus, none out of the box).
         #[arg(long)]
         cpus: Option<f64>,
     },
     /// List all projects.
     Ls,
     /// One project, as the registry has it.
-    Get { name: String },
+    Get {
+        /// Project name.
+        name: String,
+    },
     /// Live container status.
-    Status { name: String },
+    Status {
+        /// Project name.
+        name: String,
+    },
     /// Start the project's container.
-    Start { name: String },
+    Start {
+        /// Project name.
+        name: String,
+    },
     /// Stop the project's container (it is kept).
-    Stop { name: String },
+    Stop {
+        /// Project name.
+        name: String,
+    },
     /// Remove container and registry entry; the workspace moves to archive/ unless --purge.
     Rm {
+        /// Project name.
         name: String,
+        /// Delete the workspace instead of archiving it (default: archive).
         #[arg(long)]
         purge: bool,
     },
     /// Run a command in the project; output streams live; exits with its exit code.
     Exec {
+        /// Working directory, absolute (default: /workspace).
         #[arg(long)]
         workdir: Option<String>,
+        /// Environment variable, K=V, repeatable; overrides the project's (default: the project's env only).
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
-        /// e.g. 30s, 5m (default: the daemon's exec.default_timeout).
+        /// Kill the command after this long, e.g. 30s, 5m (default: the daemon's exec.default_timeout, 10m out of the box).
         #[arg(long)]
         timeout: Option<String>,
-        /// Run on the host in the workspace instead of the container.
+        /// Run on the host in the workspace instead of the container (default: off, the daemon decides where).
         #[arg(long)]
         local: bool,
-        /// Tool name, for the daemon's routing rules.
+        /// Tool name, for the daemon's [routing] container_tools rules (default: none).
         #[arg(long)]
         tool: Option<String>,
-        /// Do not forward berth's own stdin even when it is not a terminal.
+        /// Do not forward berth's own stdin (default: forwarded when it is not a terminal).
         #[arg(long)]
         no_stdin: bool,
+        /// Project name; an unknown one is created with the default image unless the daemon's exec.auto_create is off.
         name: String,
+        /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
-    /// The container's log.
+    /// The container's log, then the project's recent execs.
     Logs {
+        /// Project name.
         name: String,
-        #[arg(long)]
+        /// Only the last N lines of the log (default: all).
+        #[arg(long, value_name = "N")]
         tail: Option<u64>,
     },
     /// Host path of the workspace.
-    Path { name: String },
-    /// Run the janitor's reconcile now.
+    Path {
+        /// Project name.
+        name: String,
+    },
+    /// Run the janitor's reconcile now; prints what changed.
     Reconcile,
-    /// Run the janitor's stale-archive now.
+    /// Run the janitor's stale-archive now; prints the archived names.
     ArchiveStale,
+    /// Print a shell completion script, e.g. `berth completions bash > /etc/bash_completion.d/berth`.
+    Completions {
+        /// The shell to complete for.
+        shell: Shell,
+    },
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::aot::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
@@ -126,29 +171,29 @@ pub fn main() -> ExitCode {
     rt.block_on(run(cli))
 }
 
-fn fail(msg: &str) -> ExitCode {
+fn fail_with(code: u8, msg: &str) -> ExitCode {
     eprintln!("berth: {msg}");
-    ExitCode::from(1)
+    ExitCode::from(code)
 }
 
-fn pairs(list: &[String], sep: char, what: &str) -> Result<BTreeMap<String, String>, String> {
-    list.iter()
-        .map(|p| {
-            p.split_once(sep)
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| format!("invalid {what} {p:?}"))
-        })
-        .collect()
+fn fail(msg: &str) -> ExitCode {
+    fail_with(1, msg)
+}
+
+/// The exit code for a daemon error: a bad argument is a usage error wherever it is found.
+fn error_exit_code(err: &Value) -> u8 {
+    match err["data"]["kind"].as_str() {
+        Some("invalid_params" | "invalid_name") => USAGE,
+        _ => 1,
+    }
 }
 
 async fn run(cli: Cli) -> ExitCode {
     let socket = config::resolve_socket(cli.socket.as_deref(), None);
-    let (method, params) = match request_for(&cli.command) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("berth: {e}");
-            return ExitCode::from(2);
-        }
+    let (method, mut params) = match request::request_for(&cli.command) {
+        Ok(Some(r)) => r,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => return fail_with(USAGE, &e),
     };
     let mut conn = match Conn::open(&socket).await {
         Ok(c) => c,
@@ -157,276 +202,108 @@ async fn run(cli: Cli) -> ExitCode {
     let is_exec = matches!(cli.command, Command::Exec { .. });
     // With --json, exec's output comes back inside the one JSON document instead of
     // streaming to berth's stdout and stderr.
-    let mut params = params;
     if is_exec && cli.json {
         params["stream"] = json!(false);
     }
-    let reply = conn.call(method, params, is_exec && !cli.json).await;
-    let result = match reply {
+    let result = match conn.call(method, params, is_exec && !cli.json).await {
         Ok(Ok(v)) => v,
-        Ok(Err(err)) => {
-            let msg = err["message"].as_str().unwrap_or("unknown error");
-            return fail(msg);
-        }
+        Ok(Err(err)) => return fail_with(error_exit_code(&err), err["message"].as_str().unwrap_or("unknown error")),
         Err(e) => return fail(&format!("connection to berthd failed: {e}")),
     };
-    if is_exec {
-        return finish_exec(&result, cli.json);
+    if let Command::Exec { name, .. } = &cli.command {
+        return finish_exec(name, &result, cli.json);
     }
     if cli.json {
         println!("{result}");
     } else {
-        print_human(&cli.command, &result);
+        print!("{}", human_output(&cli.command, &result));
     }
     ExitCode::SUCCESS
 }
 
-fn request_for(cmd: &Command) -> Result<(&'static str, Value), String> {
-    Ok(match cmd {
-        Command::Info => ("daemon.info", json!({})),
-        Command::Create { name, image, description, env, port, profile, network, memory, pids_limit, cpus } => {
-            let mut p = json!({"name": name});
-            let extras = [
-                ("profile", profile.as_ref().map(|v| json!(v))),
-                ("network", network.as_ref().map(|v| json!(v))),
-                ("memory", memory.as_ref().map(|v| json!(v))),
-                ("pids_limit", pids_limit.map(|v| json!(v))),
-                ("cpus", cpus.map(|v| json!(v))),
-            ];
-            for (key, value) in extras {
-                if let Some(v) = value {
-                    p[key] = v;
-                }
-            }
-            if let Some(i) = image {
-                p["image"] = json!(i);
-            }
-            if let Some(d) = description {
-                p["description"] = json!(d);
-            }
-            if !env.is_empty() {
-                p["env"] = json!(pairs(env, '=', "env (want K=V)")?);
-            }
-            if !port.is_empty() {
-                let hc = pairs(port, ':', "port (want HOST:CONTAINER)")?;
-                let cont_to_host: BTreeMap<String, String> = hc.into_iter().map(|(h, c)| (c, h)).collect();
-                p["ports"] = json!(cont_to_host);
-            }
-            ("project.create", p)
+fn human_output(cmd: &Command, r: &Value) -> String {
+    match cmd {
+        Command::Info => human::info(r),
+        Command::Create { .. } | Command::Get { .. } | Command::Start { .. } | Command::Stop { .. } => {
+            human::project(r)
         }
-        Command::Ls => ("project.list", json!({})),
-        Command::Get { name } => ("project.get", json!({"name": name})),
-        Command::Status { name } => ("project.status", json!({"name": name})),
-        Command::Start { name } => ("project.start", json!({"name": name})),
-        Command::Stop { name } => ("project.stop", json!({"name": name})),
-        Command::Rm { name, purge } => ("project.delete", json!({"name": name, "purge": purge})),
-        Command::Logs { name, tail } => {
-            let mut p = json!({"name": name});
-            if let Some(t) = tail {
-                p["tail"] = json!(t);
-            }
-            ("project.logs", p)
-        }
-        Command::Path { name } => ("project.path", json!({"name": name})),
-        Command::Reconcile => ("janitor.reconcile", json!({})),
-        Command::ArchiveStale => ("janitor.archive_stale", json!({})),
-        Command::Exec { workdir, env, timeout, local, tool, no_stdin, name, command } => {
-            let mut p = json!({"name": name, "command": command, "stream": true});
-            if let Some(w) = workdir {
-                p["workdir"] = json!(w);
-            }
-            if !env.is_empty() {
-                p["env"] = json!(pairs(env, '=', "env (want K=V)")?);
-            }
-            if let Some(t) = timeout {
-                p["timeout"] = json!(t);
-            }
-            if *local {
-                p["local"] = json!(true);
-            }
-            if let Some(t) = tool {
-                p["tool"] = json!(t);
-            }
-            if !no_stdin && !std::io::stdin().is_terminal() {
-                let mut buf = Vec::new();
-                std::io::stdin().read_to_end(&mut buf).map_err(|e| format!("reading stdin: {e}"))?;
-                if !buf.is_empty() {
-                    match String::from_utf8(buf) {
-                        Ok(s) => p["stdin"] = json!(s),
-                        Err(e) => {
-                            p["stdin_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(e.into_bytes()))
-                        }
-                    }
-                }
-            }
-            ("project.exec", p)
-        }
-    })
-}
-
-struct Conn {
-    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
-    writer: tokio::net::unix::OwnedWriteHalf,
-}
-
-impl Conn {
-    async fn open(path: &std::path::Path) -> std::io::Result<Conn> {
-        let s = UnixStream::connect(path).await?;
-        let (r, w) = s.into_split();
-        Ok(Conn { reader: BufReader::new(r), writer: w })
-    }
-
-    /// Sends one request and waits for its response, printing `exec.output`
-    /// notifications as they come. `Ok(Err(error object))` for a protocol error.
-    async fn call(&mut self, method: &str, params: Value, stream: bool) -> std::io::Result<Result<Value, Value>> {
-        let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        // A daemon that refuses the peer answers and closes before reading; the write then
-        // fails, but its answer is still there to read.
-        let sent = self.writer.write_all(format!("{req}\n").as_bytes()).await;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if self.reader.read_line(&mut line).await? == 0 {
-                sent?;
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "berthd closed the connection"));
-            }
-            let v: Value = serde_json::from_str(&line)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-            if v.get("method").and_then(Value::as_str) == Some("exec.output") {
-                if stream {
-                    print_chunk(&v["params"]);
-                }
-                continue;
-            }
-            if let Some(err) = v.get("error") {
-                // Ours, or a refusal of the whole connection (id null).
-                if v.get("id") == Some(&json!(1)) || v.get("id").is_none_or(Value::is_null) {
-                    return Ok(Err(err.clone()));
-                }
-            }
-            if v.get("id") == Some(&json!(1)) {
-                return Ok(Ok(v.get("result").cloned().unwrap_or(Value::Null)));
-            }
-        }
+        Command::Ls => human::list(r),
+        Command::Status { .. } => human::status(r),
+        Command::Rm { name, .. } => human::removed(name, r),
+        Command::Logs { .. } => human::logs(r),
+        Command::Path { .. } => format!("{}\n", r["path"].as_str().unwrap_or("-")),
+        Command::Reconcile => human::reconcile(r),
+        Command::ArchiveStale => human::archive_stale(r),
+        Command::Exec { .. } | Command::Completions { .. } => String::new(),
     }
 }
 
-fn decode_data(v: &Value, data_key: &str, enc_key: &str) -> Vec<u8> {
-    let text = v[data_key].as_str().unwrap_or("");
-    if v[enc_key].as_str() == Some("base64") {
-        base64::engine::general_purpose::STANDARD.decode(text).unwrap_or_default()
-    } else {
-        text.as_bytes().to_vec()
-    }
-}
-
-fn print_chunk(p: &Value) {
-    let data = decode_data(p, "data", "encoding");
-    if p["stream"].as_str() == Some("stderr") {
-        let mut e = std::io::stderr().lock();
-        let _ = e.write_all(&data);
-        let _ = e.flush();
-    } else {
-        let mut o = std::io::stdout().lock();
-        let _ = o.write_all(&data);
-        let _ = o.flush();
-    }
-}
-
-fn finish_exec(result: &Value, json_out: bool) -> ExitCode {
+fn finish_exec(name: &str, result: &Value, json_out: bool) -> ExitCode {
     if json_out {
         println!("{result}");
     } else {
-        // Output already streamed; whatever the response still carries is printed too.
+        // Output already streamed; whatever the response still carries is printed too,
+        // then what the output itself cannot say.
         let out = decode_data(result, "stdout", "stdout_encoding");
         let err = decode_data(result, "stderr", "stderr_encoding");
         let _ = std::io::stdout().write_all(&out);
-        let _ = std::io::stderr().write_all(&err);
+        let _ = std::io::stdout().flush();
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr.write_all(&err);
+        for note in human::exec_notes(name, result) {
+            let _ = writeln!(stderr, "berth: {note}");
+        }
     }
     if result["timed_out"].as_bool() == Some(true) {
-        if !json_out {
-            eprintln!("berth: command timed out and was killed");
-        }
         return ExitCode::from(124);
     }
     let code = result["exit_code"].as_i64().unwrap_or(1);
     ExitCode::from((code & 0xff) as u8)
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn print_project(p: &Value) {
-    for key in ["name", "description", "image", "status", "created", "last_used", "path"] {
-        println!("{key:<12} {}", s(&p[key]));
-    }
-    for (title, key) in [("env", "env"), ("ports", "ports")] {
-        if let Some(m) = p[key].as_object().filter(|m| !m.is_empty()) {
-            let joined: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect();
-            println!("{title:<12} {}", joined.join(" "));
+    /// Every flag and option, in every subcommand, with its help text.
+    fn options(cmd: &clap::Command, path: &str, out: &mut Vec<(String, Option<String>, bool)>) {
+        for a in cmd.get_arguments().filter(|a| !a.is_positional()) {
+            let takes_value = matches!(a.get_action(), clap::ArgAction::Set | clap::ArgAction::Append);
+            let name = format!("{path} --{}", a.get_long().unwrap_or(a.get_id().as_str()));
+            out.push((name, a.get_help().map(|h| h.to_string()), takes_value));
+        }
+        for sub in cmd.get_subcommands() {
+            options(sub, &format!("{path} {}", sub.get_name()), out);
         }
     }
-}
 
-fn print_human(cmd: &Command, r: &Value) {
-    match cmd {
-        Command::Info => {
-            let d = &r["docker"];
-            let docker = if d["available"].as_bool() == Some(true) {
-                format!("available ({})", s(&d["version"]))
-            } else {
-                "unavailable".into()
-            };
-            println!(
-                "version   {}\nruntime   {}\ndocker    {docker}\nprojects  {}",
-                s(&r["version"]),
-                s(&r["runtime"]),
-                s(&r["projects"])
-            );
-        }
-        Command::Create { .. } | Command::Get { .. } | Command::Start { .. } | Command::Stop { .. } => print_project(r),
-        Command::Ls => {
-            println!("{:<24} {:<9} {:<24} {:<21} LAST-USED", "NAME", "STATUS", "IMAGE", "CREATED");
-            for p in r.as_array().into_iter().flatten() {
-                println!(
-                    "{:<24} {:<9} {:<24} {:<21} {}",
-                    s(&p["name"]),
-                    s(&p["status"]),
-                    s(&p["image"]),
-                    s(&p["created"]),
-                    s(&p["last_used"])
-                );
+    #[test]
+    fn every_flag_has_help_and_every_option_names_its_default() {
+        let mut all = Vec::new();
+        options(&Cli::command(), "berth", &mut all);
+        assert!(all.iter().any(|(n, _, _)| n == "berth exec --timeout"), "the walk reaches subcommands");
+        for (name, help, takes_value) in all {
+            let help = help.unwrap_or_else(|| panic!("{name} has no help text"));
+            assert!(!help.trim().is_empty(), "{name} has no help text");
+            if takes_value {
+                assert!(help.contains("default"), "{name} does not name its default: {help}");
             }
         }
-        Command::Status { .. } => {
-            for key in ["container_id", "running", "image", "created"] {
-                println!("{key:<13} {}", s(&r[key]));
-            }
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_arguments_found_by_the_daemon_are_usage_errors() {
+        let err = |kind: &str| json!({"code": -32602, "message": "m", "data": {"kind": kind}});
+        assert_eq!(error_exit_code(&err("invalid_params")), 2);
+        assert_eq!(error_exit_code(&err("invalid_name")), 2);
+        for kind in ["not_found", "already_exists", "runtime_unavailable", "internal", "forbidden"] {
+            assert_eq!(error_exit_code(&err(kind)), 1, "{kind}");
         }
-        Command::Rm { .. } => {}
-        Command::Logs { .. } => {
-            print!("{}", r["logs"].as_str().unwrap_or(""));
-        }
-        Command::Path { .. } => println!("{}", s(&r["path"])),
-        Command::Reconcile => {
-            let changed = r["changed"].as_array().cloned().unwrap_or_default();
-            if changed.is_empty() {
-                println!("no changes");
-            }
-            for c in changed {
-                println!("{}: {} -> {} ({})", s(&c["name"]), s(&c["from"]), s(&c["to"]), s(&c["reason"]));
-            }
-        }
-        Command::ArchiveStale => {
-            for n in r["archived"].as_array().into_iter().flatten() {
-                println!("{}", s(n));
-            }
-        }
-        Command::Exec { .. } => {}
+        assert_eq!(error_exit_code(&json!({"code": -32000, "message": "m"})), 1);
     }
 }

@@ -15,8 +15,10 @@ use serde_json::{json, Value};
 
 pub const IMAGE: &str = "berth-test/busybox:latest";
 
-/// Whether the engine answers. With `REQUIRE_DOCKER=1` a missing engine fails the test
-/// instead of skipping it.
+/// Whether the engine answers; when it does, the test image is built first if missing
+/// (`tests/image/build.sh`, which serialises concurrent callers), so the README's test
+/// command works on a fresh machine. With `REQUIRE_DOCKER=1` a missing engine fails the
+/// test instead of skipping it.
 pub fn docker_available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     let ok = *OK.get_or_init(|| {
@@ -32,7 +34,7 @@ pub fn docker_available() -> bool {
                 .arg(IMAGE)
                 .status()
                 .expect("run tests/image/build.sh");
-            assert!(built.success(), "building the test image failed");
+            assert!(built.success(), "building the test image {IMAGE} failed: tests/image/build.sh said why above");
         }
         up
     });
