@@ -391,7 +391,10 @@ fn commands_that_cannot_start_exit_127_or_126_with_the_reason_on_stderr() {
     assert_eq!(e["error"]["data"]["kind"], "invalid_params", "{e}");
     assert!(e["error"]["message"].as_str().unwrap().contains("\"/no/such/dir\""), "{e}");
     // A command that prints the engine's words itself is still just output.
-    let r = d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", "echo 'OCI runtime exec failed: x'; exit 126"]}));
+    let r = d.ok(
+        "project.exec",
+        json!({"name": name, "command": ["sh", "-c", "echo 'OCI runtime exec failed: x'; exit 126"]}),
+    );
     assert_eq!((r["exit_code"].clone(), r["stdout"].clone()), (json!(126), json!("OCI runtime exec failed: x\n")));
     assert!(r.get("exec_error").is_none(), "{r}");
 }

@@ -44,7 +44,10 @@ fn clients_can_tighten_limits_but_never_loosen_them() {
     assert_eq!(d.ok("project.list", json!({})), json!([]), "nothing was created by any of it");
     // Tighter is fine, and what the project gets is what it shows.
     let p = d.ok("project.create", json!({"name": name, "memory": "128m", "pids_limit": 64}));
-    assert_eq!(p["limits"], json!({"profile": "strict", "offline": false, "memory": 128 << 20, "pids_limit": 64, "cpus": 1.0}));
+    assert_eq!(
+        p["limits"],
+        json!({"profile": "strict", "offline": false, "memory": 128 << 20, "pids_limit": 64, "cpus": 1.0})
+    );
     let c = format!("berth-{name}");
     assert_eq!(docker_inspect(&c, "{{.HostConfig.Memory}}").unwrap(), (128u64 << 20).to_string());
     assert_eq!(docker_inspect(&c, "{{.HostConfig.PidsLimit}}").unwrap(), "64");
@@ -126,11 +129,13 @@ fn with_local_execution_workspaces_belong_to_the_local_user() {
     assert_eq!(mode(&ws), 0o700);
     // Both sides write the workspace, the strict (capability-less) container included,
     // and each can change what the other wrote.
-    let host = d.ok("project.exec", json!({"name": name, "local": true, "command": ["sh", "-c", "id -u; echo host > h"]}));
+    let host =
+        d.ok("project.exec", json!({"name": name, "local": true, "command": ["sh", "-c", "id -u; echo host > h"]}));
     assert_eq!(host["stdout"], "65534\n", "{host}");
     let cont = d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", "echo container >> h; echo c > c"]}));
     assert_eq!(cont["exit_code"], 0, "{cont}");
-    let host = d.ok("project.exec", json!({"name": name, "local": true, "command": ["sh", "-c", "echo more >> c; cat h c"]}));
+    let host =
+        d.ok("project.exec", json!({"name": name, "local": true, "command": ["sh", "-c", "echo more >> c; cat h c"]}));
     assert_eq!(host["stdout"], "host\ncontainer\nc\nmore\n", "{host}");
 }
 
@@ -170,7 +175,8 @@ fn all_execs_together_stay_under_the_buffered_output_cap() {
     assert!(kept <= 256 * 1024, "{kept} bytes kept at once, over the 256 KiB cap");
     assert!(truncated >= 1, "some output was dropped and said so");
     // Given back once the results were written: the next exec gets its whole output.
-    let r = d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", "head -c 200000 /dev/zero | tr '\\0' 'y'"]}));
+    let r =
+        d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", "head -c 200000 /dev/zero | tr '\\0' 'y'"]}));
     assert_eq!((r["stdout"].as_str().unwrap().len(), r["truncated"].clone()), (200000, json!(false)));
 }
 

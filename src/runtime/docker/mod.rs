@@ -215,7 +215,12 @@ impl DockerRuntime {
                     ..Default::default()
                 };
                 match tokio::time::timeout(self.settings.api_timeout, docker.create_network(req)).await {
-                    Ok(Ok(_)) => tracing::info!(network = %name, "created network"),
+                    Ok(Ok(_)) => {
+                        tracing::info!(network = %name, "created network");
+                        // Engines before API 1.44 let two racing creates make two networks
+                        // of one name; every racer keeps the same one and removes the rest.
+                        self.dedupe_network(docker).await?;
+                    }
                     Ok(Err(e)) if Self::is_conflict(&e) => {}
                     Ok(Err(e)) => return Err(self.fail(e).await),
                     Err(_) => {
@@ -226,6 +231,10 @@ impl DockerRuntime {
                     }
                 }
             }
+            // Ambiguous: two networks of that name (a race of older engines).
+            Ok(Err(BollardError::DockerResponseServerError { status_code: 400 | 409 | 500, .. })) => {
+                self.dedupe_network(docker).await?
+            }
             Ok(Err(e)) => return Err(self.fail(e).await),
             Err(_) => {
                 return Err(RuntimeError::Timeout(format!(
@@ -235,6 +244,34 @@ impl DockerRuntime {
             }
         }
         self.network_ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Keeps the oldest of several networks named `[docker] network` and removes the
+    /// others that berth made (labelled). Racing daemons all pick the same one.
+    async fn dedupe_network(&self, docker: &Docker) -> Result<(), RuntimeError> {
+        let name = &self.settings.network;
+        let filters = HashMap::from([("name", vec![name.as_str()])]);
+        let opts = bollard::query_parameters::ListNetworksOptionsBuilder::new().filters(&filters).build();
+        let mut same: Vec<_> = self
+            .bounded("listing networks", docker.list_networks(Some(opts)))
+            .await?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name.as_str()))
+            .collect();
+        if same.len() < 2 {
+            return Ok(());
+        }
+        same.sort_by(|a, b| (a.created.clone(), a.id.clone()).cmp(&(b.created.clone(), b.id.clone())));
+        for extra in same.iter().skip(1) {
+            let ours = extra.labels.as_ref().and_then(|l| l.get(&self.settings.label_managed_by)).map(String::as_str)
+                == Some(MANAGED_BY);
+            if let (true, Some(id)) = (ours, extra.id.as_deref()) {
+                tracing::warn!(network = %name, %id, "removing a duplicate network made by a racing create");
+                // Another racer may have removed it first.
+                let _ = tokio::time::timeout(self.settings.api_timeout, docker.remove_network(id)).await;
+            }
+        }
         Ok(())
     }
 
