@@ -51,6 +51,14 @@ impl Proxy {
         Proxy { path: path.to_path_buf(), stop, hang, conns, accept: Some(accept) }
     }
 
+    /// Cuts every open connection; new ones are still served (a broken stream, not an
+    /// engine outage).
+    fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     /// While set, requests reach the proxy and are never answered.
     fn set_hang(&self, on: bool) {
         self.hang.store(on, Ordering::SeqCst);
@@ -182,5 +190,39 @@ fn a_slow_engine_is_not_an_absent_one_nothing_falls_back_to_the_host() {
     proxy.set_hang(false);
     let r = d.ok("project.exec", json!({"name": name, "command": ["cat", "/proc/1/cmdline"]}));
     assert_eq!(r["runtime"], "docker", "{r}");
+    proxy.stop();
+}
+
+#[test]
+fn a_broken_output_stream_kills_the_exec_at_once() {
+    if !docker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_path = dir.path().join("engine.sock");
+    let proxy = Proxy::start(&proxy_path);
+    let d =
+        Daemon::start(&format!("[docker]\nhost = \"unix://{}\"\ndefault_image = \"{IMAGE}\"\n", proxy_path.display()));
+    let name = d.name("cut");
+    d.ok("project.create", json!({"name": name}));
+    let container = format!("berth-{name}");
+    let mut c = d.client();
+    c.send_line(
+        &json!({"jsonrpc": "2.0", "id": 7, "method": "project.exec",
+            "params": {"name": name, "command": ["sh", "-c", "sleep 431"]}})
+        .to_string(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !docker(&["top", &container, "-o", "pid,args"]).contains("sleep 431") {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cut_at = Instant::now();
+    proxy.cut();
+    let (r, _) = c.read_response();
+    assert!(cut_at.elapsed() < Duration::from_secs(10), "answered after {:?}", cut_at.elapsed());
+    assert_eq!(r["error"]["data"]["kind"], "runtime_error", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("it was killed"), "{r}");
+    assert!(!docker(&["top", &container, "-o", "pid,args"]).contains("sleep 431"), "the command still runs");
     proxy.stop();
 }

@@ -50,6 +50,10 @@ exit 1"#;
 /// How long output is still read after the command's tree was killed.
 const DRAIN_AFTER_KILL: Duration = Duration::from_secs(2);
 
+/// How long the engine may take to record an exit code after the output stream ended.
+/// An exec still running past it lost its stream (a cut connection ends it quietly).
+const EXIT_AFTER_EOF: Duration = Duration::from_secs(2);
+
 /// What the engine prints (on the exec's stdout) when it could not start the command.
 const ENGINE_START_FAILURE: &[u8] = b"OCI runtime exec failed";
 
@@ -133,6 +137,13 @@ pub(super) async fn run(
     if let Some(t) = stdin_task {
         t.abort();
     }
+    let mut code = None;
+    if stopped.is_none() && stream_error.is_none() {
+        code = exit_code(rt, &docker, &created.id, EXIT_AFTER_EOF).await?;
+        if code.is_none() {
+            stream_error = Some("it ended while the command still ran".into());
+        }
+    }
     if stopped.is_some() || stream_error.is_some() {
         let killed = kill_tree(rt, &docker, &container, &marker).await;
         if let Some(e) = stream_error {
@@ -157,7 +168,7 @@ pub(super) async fn run(
         o.kill_error = killed.err();
         return Ok(o);
     }
-    let code = exit_code(rt, &docker, &created.id).await?;
+    let code = code.unwrap_or(-1);
     if let Some(Some(text)) = first {
         match start_failure(code, &text) {
             Some(StartFailure::Workdir) => {
@@ -236,7 +247,8 @@ async fn kill_tree(rt: &DockerRuntime, docker: &Docker, container: &str, marker:
                 said.extend_from_slice(&out.into_bytes());
             }
         }
-        Ok::<_, RuntimeError>((exit_code(rt, docker, &created.id).await?, said))
+        let code = exit_code(rt, docker, &created.id, rt.settings.api_timeout).await?;
+        Ok::<_, RuntimeError>((code.unwrap_or(-1), said))
     };
     let res = match tokio::time::timeout(rt.settings.api_timeout, run).await {
         Ok(Ok((0, _))) => return Ok(()),
@@ -251,19 +263,25 @@ async fn kill_tree(rt: &DockerRuntime, docker: &Docker, container: &str, marker:
     Err(res)
 }
 
-async fn exit_code(rt: &DockerRuntime, docker: &Docker, exec_id: &str) -> Result<i64, RuntimeError> {
-    // The attach stream can end a moment before the engine records the exit code.
+/// The exec's exit code once the engine has it; `None` if it still runs after `grace`
+/// (the attach stream can end a moment before the engine records the exit).
+async fn exit_code(
+    rt: &DockerRuntime,
+    docker: &Docker,
+    exec_id: &str,
+    grace: Duration,
+) -> Result<Option<i64>, RuntimeError> {
     let mut delay = Duration::from_millis(1);
-    let deadline = Instant::now() + rt.settings.api_timeout;
+    let deadline = Instant::now() + grace;
     loop {
         let info = rt.bounded("inspecting exec", docker.inspect_exec(exec_id)).await?;
         if info.running != Some(true) {
             if let Some(code) = info.exit_code {
-                return Ok(code);
+                return Ok(Some(code));
             }
         }
         if Instant::now() > deadline {
-            return Err(RuntimeError::Engine(format!("exec {exec_id} never reported an exit code")));
+            return Ok(None);
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(50));
