@@ -1,8 +1,10 @@
-//! The registry actor: owns the SQLite store and an in-memory copy of every row.
+//! The registry actor: owns the store thread and an in-memory copy of every row.
 //!
 //! Reads are answered from memory; every write goes to SQLite first and to memory only
-//! once committed, so memory never shows what the disk does not hold. It knows nothing of
-//! containers and never waits on another actor.
+//! once committed, so memory never shows what the disk does not hold. SQLite itself runs
+//! on the store's own OS thread (`store::StoreThread`): this actor awaits its answers and
+//! never blocks an async worker. It knows nothing of containers and never waits on
+//! another actor.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,14 +12,16 @@ use std::path::PathBuf;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::error::Error;
-use crate::model::{Project, ProjectName};
-use crate::store::Store;
+use crate::model::{Activity, Project, ProjectName};
+use crate::store::StoreThread;
 
 pub struct RegistryActor;
 
 pub struct RegistryState {
-    store: Store,
+    store: StoreThread,
     rows: BTreeMap<ProjectName, Project>,
+    /// Names of the rows in the quarantine table (corrupt rows set aside at load).
+    quarantined: Vec<String>,
 }
 
 pub enum RegistryMsg {
@@ -26,11 +30,20 @@ pub enum RegistryMsg {
     Count(RpcReplyPort<usize>),
     /// Inserts a new row; `already_exists` if the name is taken.
     Insert(Project, RpcReplyPort<Result<(), Error>>),
-    /// Writes a row's status, image and last_used.
+    /// Writes a row's status, image, last_used and pending; `not_found` if it has no row.
     Update(Project, RpcReplyPort<Result<(), Error>>),
+    /// Deletes a row and its activity log.
     Delete(ProjectName, RpcReplyPort<Result<(), Error>>),
     /// Folds the WAL into the database file (clean shutdown).
     Checkpoint(RpcReplyPort<Result<(), Error>>),
+    /// The names of the rows quarantined as corrupt (for `daemon.info`).
+    Quarantined(RpcReplyPort<Vec<String>>),
+    /// Appends one exec to the project's activity log. Fire-and-forget (`cast`): a failure
+    /// is logged here and never fails the exec.
+    Record(Activity),
+    /// The newest `limit` activity entries of a project, oldest first; `not_found` if the
+    /// project has no row.
+    Activity(ProjectName, usize, RpcReplyPort<Result<Vec<Activity>, Error>>),
 }
 
 impl Actor for RegistryActor {
@@ -39,10 +52,24 @@ impl Actor for RegistryActor {
     type Arguments = PathBuf;
 
     async fn pre_start(&self, _me: ActorRef<Self::Msg>, state_dir: PathBuf) -> Result<Self::State, ActorProcessingErr> {
-        let store = Store::open(&state_dir)?;
-        let rows = store.list()?.into_iter().map(|p| (p.name.clone(), p)).collect::<BTreeMap<_, _>>();
-        tracing::info!(projects = rows.len(), db = %state_dir.join("berth.db").display(), "registry loaded");
-        Ok(RegistryState { store, rows })
+        let store = StoreThread::open(state_dir.clone()).await?;
+        let loaded = store.call(|s| s.load()).await?;
+        for q in &loaded.quarantined {
+            tracing::error!(
+                project = %q.name,
+                reason = %q.reason,
+                "corrupt registry row moved to the quarantine table; serving the other projects"
+            );
+        }
+        let quarantined = store.call(|s| s.quarantined()).await?;
+        let rows = loaded.projects.into_iter().map(|p| (p.name.clone(), p)).collect::<BTreeMap<_, _>>();
+        tracing::info!(
+            projects = rows.len(),
+            quarantined = quarantined.len(),
+            db = %state_dir.join("berth.db").display(),
+            "registry loaded"
+        );
+        Ok(RegistryState { store, rows, quarantined })
     }
 
     async fn handle(
@@ -61,29 +88,51 @@ impl Actor for RegistryActor {
             RegistryMsg::Count(reply) => {
                 let _ = reply.send(st.rows.len());
             }
+            RegistryMsg::Quarantined(reply) => {
+                let _ = reply.send(st.quarantined.clone());
+            }
             RegistryMsg::Insert(p, reply) => {
-                let res = st.store.insert(&p).map_err(Error::from);
+                let row = p.clone();
+                let res = st.store.call(move |s| s.insert(&row)).await.map_err(Error::from);
                 if res.is_ok() {
                     st.rows.insert(p.name.clone(), p);
                 }
                 let _ = reply.send(res);
             }
             RegistryMsg::Update(p, reply) => {
-                let res = st.store.update(&p).map_err(Error::from);
+                let row = p.clone();
+                let res = st.store.call(move |s| s.update(&row)).await.map_err(Error::from);
                 if res.is_ok() {
                     st.rows.insert(p.name.clone(), p);
                 }
                 let _ = reply.send(res);
             }
             RegistryMsg::Delete(name, reply) => {
-                let res = st.store.delete(&name).map(|_| ()).map_err(Error::from);
+                let n = name.clone();
+                let res = st.store.call(move |s| s.delete(&n)).await.map(|_| ()).map_err(Error::from);
                 if res.is_ok() {
                     st.rows.remove(&name);
                 }
                 let _ = reply.send(res);
             }
             RegistryMsg::Checkpoint(reply) => {
-                let _ = reply.send(st.store.checkpoint().map_err(Error::from));
+                let _ = reply.send(st.store.call(|s| s.checkpoint()).await.map_err(Error::from));
+            }
+            RegistryMsg::Record(a) => {
+                let project = a.project.clone();
+                match st.store.call(move |s| s.record(&a)).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::debug!(project = %project, "activity of a project without a row; not logged"),
+                    Err(e) => tracing::warn!(project = %project, error = %e, "activity not logged"),
+                }
+            }
+            RegistryMsg::Activity(name, limit, reply) => {
+                let res = if st.rows.contains_key(&name) {
+                    st.store.call(move |s| s.activity(&name, limit)).await.map_err(Error::from)
+                } else {
+                    Err(Error::not_found(&name))
+                };
+                let _ = reply.send(res);
             }
         }
         Ok(())
