@@ -138,3 +138,96 @@ impl Actor for RegistryActor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ractor::rpc::CallResult;
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::model::{ImageRef, Status};
+    use crate::store::Store;
+
+    fn project(name: &str) -> Project {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        Project {
+            name: ProjectName::parse(name).unwrap(),
+            description: String::new(),
+            image: ImageRef::parse("busybox").unwrap(),
+            created: now,
+            last_used: now,
+            status: Status::Running,
+            env: Default::default(),
+            ports: Default::default(),
+            path: PathBuf::new(),
+            pending: None,
+            limits: Default::default(),
+        }
+    }
+
+    async fn call<R: Send + 'static>(
+        r: &ActorRef<RegistryMsg>,
+        build: impl FnOnce(RpcReplyPort<R>) -> RegistryMsg,
+    ) -> R {
+        match r.call(build, Some(Duration::from_secs(10))).await.unwrap() {
+            CallResult::Success(v) => v,
+            _ => panic!("the registry did not answer"),
+        }
+    }
+
+    /// A database with one corrupt row still starts a registry that serves the rest,
+    /// reports the bad one, and keeps its memory in step with the disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_row_is_reported_not_fatal_and_memory_follows_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.insert(&project("good")).unwrap();
+            store.insert(&project("rotten")).unwrap();
+        }
+        let conn = rusqlite::Connection::open(dir.path().join("berth.db")).unwrap();
+        conn.execute("UPDATE projects SET status = 'melted' WHERE name = 'rotten'", []).unwrap();
+        drop(conn);
+
+        let (reg, handle) = Actor::spawn(None, RegistryActor, dir.path().to_path_buf()).await.unwrap();
+        assert_eq!(call(&reg, RegistryMsg::Quarantined).await, ["rotten"]);
+        let names: Vec<String> = call(&reg, RegistryMsg::List).await.iter().map(|p| p.name.to_string()).collect();
+        assert_eq!(names, ["good"]);
+
+        // An update of a row that is not there fails and memory does not invent it.
+        let e = call(&reg, |r| RegistryMsg::Update(project("ghost"), r)).await.unwrap_err();
+        assert!(e.message.contains("ghost"), "{e}");
+        assert_eq!(call(&reg, |r| RegistryMsg::Get(ProjectName::parse("ghost").unwrap(), r)).await, None);
+
+        // Activity: recorded by cast, read back in order; unknown projects are not_found.
+        let good = ProjectName::parse("good").unwrap();
+        for i in 0..3u64 {
+            reg.cast(RegistryMsg::Record(Activity {
+                project: good.clone(),
+                at: OffsetDateTime::now_utc(),
+                uid: 0,
+                command: vec![format!("c{i}")],
+                exit_code: Some(0),
+                duration_ms: i,
+                runtime: "docker".into(),
+                timed_out: false,
+            }))
+            .unwrap();
+        }
+        let got = call(&reg, |r| RegistryMsg::Activity(good.clone(), 2, r)).await.unwrap();
+        let cmds: Vec<&str> = got.iter().map(|a| a.command[0].as_str()).collect();
+        assert_eq!(cmds, ["c1", "c2"]);
+        let e = call(&reg, |r| RegistryMsg::Activity(ProjectName::parse("nope").unwrap(), 2, r)).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+
+        // Deleting the project deletes its log.
+        call(&reg, |r| RegistryMsg::Delete(good.clone(), r)).await.unwrap();
+        reg.stop(None);
+        handle.await.unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.activity(&good, 10).unwrap().is_empty());
+    }
+}
