@@ -79,7 +79,9 @@ impl JanitorState {
                 };
             }
         };
-        let plan = plan(&rows, containers);
+        let reg = self.ctx.registry.get()?;
+        let quarantined = ask(&reg, "the registry", self.ctx.short_timeout(), RegistryMsg::Quarantined).await?;
+        let plan = plan(&rows, containers, &quarantined);
         let calls = plan.check.into_iter().map(|name| async move {
             let actor = self.project(&name).await?;
             ask(&actor, &format!("project {name}"), self.ctx.short_timeout(), ProjectMsg::Reconcile).await?
@@ -243,7 +245,11 @@ struct Plan {
     adopt: Vec<(ProjectName, ContainerInfo)>,
 }
 
-fn plan(rows: &[Project], containers: Vec<ContainerInfo>) -> Plan {
+/// `quarantined`: names whose row was set aside as corrupt. Their containers are left
+/// alone rather than adopted: adoption would make a fresh row with default env, ports
+/// and limits (looser than the project's own, on the next re-create) and hide the
+/// corruption from the operator, whose repair is to fix the quarantined row.
+fn plan(rows: &[Project], containers: Vec<ContainerInfo>, quarantined: &[String]) -> Plan {
     let mut by_project: HashMap<String, _> =
         containers.into_iter().filter_map(|c| c.project.clone().map(|p| (p, c))).collect();
     let mut plan = Plan::default();
@@ -262,6 +268,9 @@ fn plan(rows: &[Project], containers: Vec<ContainerInfo>) -> Plan {
     }
     for (label, info) in by_project {
         match ProjectName::parse(&label) {
+            Ok(_) if quarantined.contains(&label) => {
+                tracing::debug!(project = %label, container = %info.container_id, "container of a quarantined row; left alone")
+            }
             Ok(name) => plan.adopt.push((name, info)),
             Err(_) => {
                 tracing::warn!(label = %label, container = %info.container_id, "labelled container with an invalid project name; left alone")
@@ -356,7 +365,7 @@ mod tests {
             c
         };
         let (rows, containers) = observe(rows, list).await.unwrap();
-        let plan = plan(&rows, containers);
+        let plan = plan(&rows, containers, &[]);
         assert!(plan.adopt.is_empty(), "would adopt {:?}", plan.adopt);
         let checked: Vec<&str> = plan.check.iter().map(|n| n.as_str()).collect();
         assert_eq!(checked, ["gone"], "the row without a container is left to its actor");
@@ -388,12 +397,13 @@ mod tests {
             container("pending", true),
             container("orphan", true),
             container("Bad Label", true),
+            container("quarantined", true),
         ];
-        let p = plan(&rows, containers);
+        let p = plan(&rows, containers, &["quarantined".to_string()]);
         let mut checked: Vec<&str> = p.check.iter().map(|n| n.as_str()).collect();
         checked.sort();
         assert_eq!(checked, ["created-has", "creating", "pending", "run-stopped", "running-gone", "stop-running"]);
         let adopted: Vec<&str> = p.adopt.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(adopted, ["orphan"], "an invalid label is left alone");
+        assert_eq!(adopted, ["orphan"], "an invalid label and a quarantined name are left alone");
     }
 }
