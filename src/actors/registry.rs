@@ -178,6 +178,30 @@ mod tests {
         }
     }
 
+    /// A write that has to wait for SQLite (here: another connection holds the write
+    /// lock) must not stall the async runtime. On a single-threaded runtime a blocking
+    /// call in the handler would hold every other task until SQLite's busy timeout (5 s);
+    /// with the store on its own thread, a 50 ms timer still fires on time and the write
+    /// completes once the lock is released.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_waiting_on_sqlite_does_not_stall_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reg, handle) = Actor::spawn(None, RegistryActor, dir.path().to_path_buf()).await.unwrap();
+        let lock = rusqlite::Connection::open(dir.path().join("berth.db")).unwrap();
+        lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let r = reg.clone();
+        let insert = tokio::spawn(async move { call(&r, |p| RegistryMsg::Insert(project("late"), p)).await });
+        let t0 = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(t0.elapsed() < Duration::from_secs(2), "the runtime stalled for {:?}", t0.elapsed());
+        assert!(!insert.is_finished(), "the insert is still waiting for the lock");
+        lock.execute_batch("COMMIT").unwrap();
+        insert.await.unwrap().unwrap();
+        assert!(call(&reg, |p| RegistryMsg::Get(ProjectName::parse("late").unwrap(), p)).await.is_some());
+        reg.stop(None);
+        handle.await.unwrap();
+    }
+
     /// A database with one corrupt row still starts a registry that serves the rest,
     /// reports the bad one, and keeps its memory in step with the disk.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
