@@ -128,6 +128,7 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Exists(_) => Error::new(ErrorKind::AlreadyExists, e.to_string()),
+            StoreError::Missing(_) => Error::new(ErrorKind::NotFound, e.to_string()),
             _ => Error::internal(e.to_string()),
         }
     }

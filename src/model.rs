@@ -540,6 +540,48 @@ pub fn format_size(n: u64) -> String {
     format!("{n}B")
 }
 
+/// One exec as the activity log records it (`berth logs`). `project` is the key, not part
+/// of the wire view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    pub project: ProjectName,
+    pub at: OffsetDateTime,
+    /// The caller's uid (from the socket's peer credentials).
+    pub uid: u32,
+    pub command: Vec<String>,
+    /// `None` when the command never produced one (killed by a timeout, failed to start).
+    pub exit_code: Option<i64>,
+    pub duration_ms: u64,
+    /// `"docker"` or `"local"`.
+    pub runtime: String,
+    pub timed_out: bool,
+}
+
+impl Serialize for Activity {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            at: String,
+            command: &'a [String],
+            exit_code: Option<i64>,
+            duration_ms: u64,
+            uid: u32,
+            runtime: &'a str,
+            timed_out: bool,
+        }
+        Wire {
+            at: rfc3339(self.at),
+            command: &self.command,
+            exit_code: self.exit_code,
+            duration_ms: self.duration_ms,
+            uid: self.uid,
+            runtime: &self.runtime,
+            timed_out: self.timed_out,
+        }
+        .serialize(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

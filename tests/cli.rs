@@ -269,7 +269,11 @@ fn logs_show_the_container_log() {
     let all = d.berth_ok(&["logs", &name]);
     assert!(all.contains("line-one") && all.contains("line-two"), "{all}");
     let tail = d.berth_ok(&["logs", &name, "--tail", "1"]);
-    assert_eq!(tail, "line-two\n");
+    let mut lines = tail.lines();
+    assert_eq!(lines.next(), Some("line-two"), "{tail}");
+    assert_eq!(lines.next(), Some("recent activity:"), "{tail}");
+    assert!(lines.next().is_some_and(|l| l.contains("exit=0") && l.contains("echo line-one")), "{tail}");
+    assert_eq!(lines.next(), None, "--tail 1 keeps one line of each: {tail}");
 }
 
 #[test]

@@ -89,7 +89,7 @@ fn every_method_over_the_raw_socket() {
     let arch = d.ok("janitor.archive_stale", json!({}));
     assert_eq!(arch["archived"], json!([]), "nothing is 30 days old");
 
-    assert_eq!(d.ok("project.delete", json!({"name": name, "purge": true})), json!({}));
+    assert_eq!(d.ok("project.delete", json!({"name": name, "purge": true})), json!({"purged": true}));
     assert_eq!(d.err_kind("project.get", json!({"name": name})), "not_found");
 }
 

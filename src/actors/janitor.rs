@@ -1,13 +1,15 @@
 //! The janitor: keeps the registry and the engine in agreement, on a schedule.
 //!
-//! Every `reconcile_interval` it pings the engine, lists berth's containers in one call
-//! and asks each project whose row disagrees to converge (the project actor makes the
+//! Every `reconcile_interval` it pings the engine, reads the rows and then lists berth's
+//! containers in one call (that order matters: see `observe`), and asks each project
+//! whose row disagrees to converge (the project actor makes the
 //! change, so lifecycle stays serialised); labelled containers without a row are adopted,
 //! never destroyed. Every `archive_interval` it archives projects idle longer than
 //! `stale_after`, and with `idle_stop_after` set it stops idle containers. It never
 //! touches the engine or the disk for a project directly.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ use super::supervisor::SupervisorMsg;
 use super::{ask, Ctx};
 use crate::error::Error;
 use crate::model::{Project, ProjectName, Status};
+use crate::runtime::ContainerInfo;
 
 pub struct JanitorActor;
 
@@ -65,7 +68,8 @@ impl JanitorState {
         if !rt.docker_available() && !rt.refresh().await {
             return self.settle_creating().await;
         }
-        let containers = match rt.docker.list().await {
+        let (rows, listed) = observe(self.rows(), rt.docker.list()).await?;
+        let containers = match listed {
             Ok(c) => c,
             Err(e) => {
                 rt.note(&e);
@@ -75,39 +79,17 @@ impl JanitorState {
                 };
             }
         };
-        let rows = self.rows().await?;
-        let mut by_project: HashMap<String, _> =
-            containers.into_iter().filter_map(|c| c.project.clone().map(|p| (p, c))).collect();
-        let mut calls = Vec::new();
-        for row in &rows {
-            let observed = by_project.remove(row.name.as_str());
-            let agrees = row.pending.is_none()
-                && match (&observed, row.status) {
-                    (Some(c), Status::Running) => c.running,
-                    (Some(c), Status::Stopped) => !c.running,
-                    (None, Status::Created) => true,
-                    _ => false,
-                };
-            if !agrees {
-                let name = row.name.clone();
-                calls.push(async move {
-                    let actor = self.project(&name).await?;
-                    ask(&actor, &format!("project {name}"), self.ctx.short_timeout(), ProjectMsg::Reconcile).await?
-                });
-            }
-        }
-        let mut adopt = Vec::new();
-        for (label, info) in by_project {
-            let Ok(name) = ProjectName::parse(&label) else {
-                tracing::warn!(label = %label, container = %info.container_id, "labelled container with an invalid project name; left alone");
-                continue;
-            };
-            adopt.push(async move {
-                let actor = self.project(&name).await?;
-                ask(&actor, &format!("project {name}"), self.ctx.short_timeout(), |r| ProjectMsg::Adopt(info, r))
-                    .await?
-            });
-        }
+        let reg = self.ctx.registry.get()?;
+        let quarantined = ask(&reg, "the registry", self.ctx.short_timeout(), RegistryMsg::Quarantined).await?;
+        let plan = plan(&rows, containers, &quarantined);
+        let calls = plan.check.into_iter().map(|name| async move {
+            let actor = self.project(&name).await?;
+            ask(&actor, &format!("project {name}"), self.ctx.short_timeout(), ProjectMsg::Reconcile).await?
+        });
+        let adopt = plan.adopt.into_iter().map(|(name, info)| async move {
+            let actor = self.project(&name).await?;
+            ask(&actor, &format!("project {name}"), self.ctx.short_timeout(), |r| ProjectMsg::Adopt(info, r)).await?
+        });
         let mut changes = Vec::new();
         for res in join_all(calls).await.into_iter().chain(join_all(adopt).await) {
             match res {
@@ -242,6 +224,62 @@ impl Actor for JanitorActor {
     }
 }
 
+/// Reads the rows, then lists the containers: in that order. A delete removes the
+/// container and then the row, so one that runs in between shows as a row without a
+/// container (its actor, asked to converge, finds nothing to do). Read the other way
+/// round, it would show as a container without a row, and be adopted into a ghost row.
+async fn observe<L>(
+    rows: impl Future<Output = Result<Vec<Project>, Error>>,
+    list: impl Future<Output = L>,
+) -> Result<(Vec<Project>, L), Error> {
+    let rows = rows.await?;
+    Ok((rows, list.await))
+}
+
+/// What one reconcile round asks of projects.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Projects whose row disagrees with the engine (or has a journaled change).
+    check: Vec<ProjectName>,
+    /// Labelled containers without a row, by project.
+    adopt: Vec<(ProjectName, ContainerInfo)>,
+}
+
+/// `quarantined`: names whose row was set aside as corrupt. Their containers are left
+/// alone rather than adopted: adoption would make a fresh row with default env, ports
+/// and limits (looser than the project's own, on the next re-create) and hide the
+/// corruption from the operator, whose repair is to fix the quarantined row.
+fn plan(rows: &[Project], containers: Vec<ContainerInfo>, quarantined: &[String]) -> Plan {
+    let mut by_project: HashMap<String, _> =
+        containers.into_iter().filter_map(|c| c.project.clone().map(|p| (p, c))).collect();
+    let mut plan = Plan::default();
+    for row in rows {
+        let observed = by_project.remove(row.name.as_str());
+        let agrees = row.pending.is_none()
+            && match (&observed, row.status) {
+                (Some(c), Status::Running) => c.running,
+                (Some(c), Status::Stopped) => !c.running,
+                (None, Status::Created) => true,
+                _ => false,
+            };
+        if !agrees {
+            plan.check.push(row.name.clone());
+        }
+    }
+    for (label, info) in by_project {
+        match ProjectName::parse(&label) {
+            Ok(_) if quarantined.contains(&label) => {
+                tracing::debug!(project = %label, container = %info.container_id, "container of a quarantined row; left alone")
+            }
+            Ok(name) => plan.adopt.push((name, info)),
+            Err(_) => {
+                tracing::warn!(label = %label, container = %info.container_id, "labelled container with an invalid project name; left alone")
+            }
+        }
+    }
+    plan
+}
+
 /// Replies to an explicit request, or logs the failure of a scheduled run.
 fn answer<T>(reply: Option<RpcReplyPort<Result<T, Error>>>, res: Result<T, Error>, what: &str) {
     match reply {
@@ -253,5 +291,119 @@ fn answer<T>(reply: Option<RpcReplyPort<Result<T, Error>>>, res: Result<T, Error
                 tracing::warn!(error = %e, "scheduled {what} failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::model::{ImageRef, Pending};
+
+    fn row(name: &str, status: Status) -> Project {
+        let now = OffsetDateTime::now_utc();
+        Project {
+            name: ProjectName::parse(name).unwrap(),
+            description: String::new(),
+            image: ImageRef::parse("busybox").unwrap(),
+            created: now,
+            last_used: now,
+            status,
+            env: Default::default(),
+            ports: Default::default(),
+            path: Default::default(),
+            pending: None,
+            limits: Default::default(),
+        }
+    }
+
+    fn container(name: &str, running: bool) -> ContainerInfo {
+        ContainerInfo {
+            container_id: format!("id-{name}"),
+            project: Some(name.into()),
+            running,
+            image: "busybox".into(),
+            created: String::new(),
+        }
+    }
+
+    /// The registry and the engine as a delete racing the janitor sees them: the first
+    /// read by reconcile is followed by the whole delete (container, then row) before the
+    /// second read. Whatever the order of reads, nothing may be planned for adoption:
+    /// an adoption here would turn a deleted project into a ghost row. With the old order
+    /// (containers first) this test fails.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_delete_between_the_two_reads_is_never_adopted() {
+        struct World {
+            rows: Vec<Project>,
+            containers: Vec<ContainerInfo>,
+            reads: usize,
+        }
+        let world = Mutex::new(World {
+            rows: vec![row("gone", Status::Running), row("kept", Status::Running)],
+            containers: vec![container("gone", true), container("kept", true)],
+            reads: 0,
+        });
+        let after_read = |w: &mut World| {
+            w.reads += 1;
+            if w.reads == 1 {
+                w.containers.retain(|c| c.project.as_deref() != Some("gone"));
+                w.rows.retain(|r| r.name.as_str() != "gone");
+            }
+        };
+        let rows = async {
+            let mut w = world.lock().unwrap();
+            let r = w.rows.clone();
+            after_read(&mut w);
+            Ok(r)
+        };
+        let list = async {
+            let mut w = world.lock().unwrap();
+            let c = w.containers.clone();
+            after_read(&mut w);
+            c
+        };
+        let (rows, containers) = observe(rows, list).await.unwrap();
+        let plan = plan(&rows, containers, &[]);
+        assert!(plan.adopt.is_empty(), "would adopt {:?}", plan.adopt);
+        let checked: Vec<&str> = plan.check.iter().map(|n| n.as_str()).collect();
+        assert_eq!(checked, ["gone"], "the row without a container is left to its actor");
+    }
+
+    /// One row per case of the agreement table.
+    #[test]
+    fn plan_checks_what_disagrees_and_adopts_rowless_containers() {
+        let mut pending = row("pending", Status::Running);
+        pending.pending = Some(Pending::Archive);
+        let rows = [
+            row("run-ok", Status::Running),
+            row("run-stopped", Status::Running),
+            row("stop-ok", Status::Stopped),
+            row("stop-running", Status::Stopped),
+            row("created-ok", Status::Created),
+            row("created-has", Status::Created),
+            row("running-gone", Status::Running),
+            row("creating", Status::Creating),
+            pending,
+        ];
+        let containers = vec![
+            container("run-ok", true),
+            container("run-stopped", false),
+            container("stop-ok", false),
+            container("stop-running", true),
+            container("created-has", true),
+            container("creating", false),
+            container("pending", true),
+            container("orphan", true),
+            container("Bad Label", true),
+            container("quarantined", true),
+        ];
+        let p = plan(&rows, containers, &["quarantined".to_string()]);
+        let mut checked: Vec<&str> = p.check.iter().map(|n| n.as_str()).collect();
+        checked.sort();
+        assert_eq!(checked, ["created-has", "creating", "pending", "run-stopped", "running-gone", "stop-running"]);
+        let adopted: Vec<&str> = p.adopt.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(adopted, ["orphan"], "an invalid label and a quarantined name are left alone");
     }
 }

@@ -426,13 +426,19 @@ impl ProjectState {
         };
         let archived = match moved {
             Ok(a) => a,
-            Err(e) => {
-                // Nothing is lost: put the project back as it was.
+            // Asked for now: nothing is lost, so put the project back as it was.
+            Err(e) if undo.is_some() => {
                 if undo == Some(true) {
                     let _ = self.ensure_container(&p).await;
                 }
                 p.pending = None;
                 self.save(p).await?;
+                return Err(e);
+            }
+            // Resumed after a crash: nobody is waiting to be told, so the journal stays
+            // and the next reconcile retries once the cause is repaired.
+            Err(e) => {
+                tracing::warn!(project = %self.name, error = %e, "interrupted delete still cannot move the workspace; kept journaled, retried by the next reconcile");
                 return Err(e);
             }
         };
@@ -561,10 +567,18 @@ impl ProjectState {
         Ok(Some(change))
     }
 
-    async fn adopt(&mut self, c: ContainerInfo) -> Result<Option<Change>, Error> {
+    async fn adopt(&mut self, listed: ContainerInfo) -> Result<Option<Change>, Error> {
         if self.project.is_some() {
             return self.reconcile().await;
         }
+        // The janitor's list is older than this message: a delete served by this actor
+        // in between may have removed the container (and then its row). Adopting from the
+        // list would make a ghost row, so ask the engine afresh and adopt only what is
+        // still there.
+        let Some(c) = self.ctx.runtimes.docker.inspect(&self.name).await.map_err(|e| self.engine_err(e))? else {
+            tracing::debug!(project = %self.name, container = %listed.container_id, "container gone before adoption; nothing to adopt");
+            return Ok(None);
+        };
         let now = OffsetDateTime::now_utc();
         let image = ImageRef::parse(&c.image).or_else(|_| ImageRef::parse(&self.ctx.config.docker.default_image))?;
         let status = if c.running { Status::Running } else { Status::Stopped };

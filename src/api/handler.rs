@@ -20,7 +20,7 @@ use crate::actors::registry::RegistryMsg;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::actors::{ask, Ctx};
 use crate::error::{Error, ErrorKind};
-use crate::model::{CreateSpec, Project, ProjectName, Status};
+use crate::model::{Activity, CreateSpec, Project, ProjectName, Status};
 use crate::runtime::{Capture, Chunk, ExecSpec, Reservation, RuntimeError, RuntimeKind};
 
 pub struct Service {
@@ -100,12 +100,31 @@ impl Service {
             }
             Request::Status(name) => self.status(&name).await,
             Request::Logs { name, tail } => {
-                self.row(&name).await?;
-                let logs = ctx.runtimes.primary().logs(&name, tail).await.map_err(|e| {
-                    ctx.runtimes.note(&e);
-                    Error::from(e)
-                })?;
-                Ok(json!({"logs": logs}))
+                let p = self.row(&name).await?;
+                // The container's own log, where there is one; the keep-alive prints
+                // nothing, so the project's recent activity comes with it.
+                let logs = match p.status {
+                    Status::Running | Status::Stopped if ctx.runtimes.docker_available() => {
+                        ctx.runtimes.docker.logs(&name, tail).await.or_else(|e| match e {
+                            RuntimeError::NotFound(_) => Ok(String::new()),
+                            e => {
+                                ctx.runtimes.note(&e);
+                                Err(Error::from(e))
+                            }
+                        })?
+                    }
+                    Status::Running | Status::Stopped => {
+                        return Err(Error::new(
+                            ErrorKind::RuntimeUnavailable,
+                            format!("cannot read the log of project {name}: its container engine does not answer"),
+                        ))
+                    }
+                    _ => String::new(),
+                };
+                let limit = tail.map(|t| t.min(200) as usize).unwrap_or(50);
+                let n = name.clone();
+                let activity = self.registry(|r| RegistryMsg::Activity(n, limit, r)).await??;
+                Ok(json!({"logs": logs, "activity": activity}))
             }
             Request::Exec(_) => Err(Error::internal("exec is not a plain request")),
             Request::Reconcile => {
@@ -192,9 +211,11 @@ impl Service {
             (false, true) => RuntimeKind::Local,
             _ => RuntimeKind::Docker,
         };
+        let quarantined = self.registry(RegistryMsg::Quarantined).await?;
         Ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
             "runtime": runtime.as_str(),
+            "quarantined": quarantined,
             "local_enabled": self.ctx.config.local.enabled,
             "docker": docker,
             "projects": projects,
@@ -253,7 +274,41 @@ impl Service {
 
     async fn exec(&self, id: &Value, e: ExecRequest, conn: &ConnHandle) -> Result<Answer, Error> {
         let started = Instant::now();
-        let mut lease = self.lease(&e, false).await?;
+        let at = time::OffsetDateTime::now_utc();
+        let res = self.exec_leased(id, &e, conn, started).await;
+        // The project's activity log (shown by `berth logs`): every exec that got a lease.
+        let runtime = match &res {
+            Ok((_, r)) | Err((_, r)) => *r,
+        };
+        if let Some(runtime) = runtime {
+            let result = res.as_ref().ok().map(|(a, _)| &a.result);
+            let activity = Activity {
+                project: e.name.clone(),
+                at,
+                uid: conn.uid,
+                command: e.argv.clone(),
+                exit_code: result.filter(|r| r["timed_out"] != true).and_then(|r| r["exit_code"].as_i64()),
+                duration_ms: started.elapsed().as_millis() as u64,
+                runtime: runtime.as_str().to_string(),
+                timed_out: result.is_some_and(|r| r["timed_out"] == true),
+            };
+            if let Ok(reg) = self.ctx.registry.get() {
+                let _ = reg.cast(RegistryMsg::Record(activity));
+            }
+        }
+        res.map(|(a, _)| a).map_err(|(e, _)| e)
+    }
+
+    /// Runs one exec; says which runtime it got (none if it never got a lease).
+    async fn exec_leased(
+        &self,
+        id: &Value,
+        e: &ExecRequest,
+        conn: &ConnHandle,
+        started: Instant,
+    ) -> Result<(Answer, Option<RuntimeKind>), (Error, Option<RuntimeKind>)> {
+        let e = e.clone();
+        let mut lease = self.lease(&e, false).await.map_err(|err| (err, None))?;
         let auto_created = lease.auto_created;
         let mut retried = false;
         loop {
@@ -265,12 +320,13 @@ impl Service {
                     if lease.runtime == RuntimeKind::Docker && !retried =>
                 {
                     retried = true;
+                    let kind = lease.runtime;
                     drop(lease);
-                    lease = self.lease(&e, true).await?;
+                    lease = self.lease(&e, true).await.map_err(|err| (err, Some(kind)))?;
                 }
                 Err(err) => {
                     self.ctx.runtimes.note(&err);
-                    return Err(err.into());
+                    return Err((err.into(), Some(lease.runtime)));
                 }
                 Ok(mut o) => {
                     let what = format!("{:?} in project {}", e.argv[0], e.name);
@@ -284,20 +340,22 @@ impl Service {
                             None => "it was killed".to_string(),
                             Some(k) => format!("it could NOT be killed ({k}) and may still run"),
                         };
-                        return Err(Error::new(ErrorKind::RuntimeError, format!("{why} while {what} ran; {fate}")));
+                        let err = Error::new(ErrorKind::RuntimeError, format!("{why} while {what} ran; {fate}"));
+                        return Err((err, Some(lease.runtime)));
                     }
                     if let (true, Some(k)) = (o.timed_out, &o.kill_error) {
-                        return Err(Error::new(
+                        let err = Error::new(
                             ErrorKind::RuntimeError,
                             format!("{what} timed out, but it could NOT be killed ({k}) and may still run"),
-                        ));
+                        );
+                        return Err((err, Some(lease.runtime)));
                     }
                     let mut result = protocol::exec_result(&o, started.elapsed(), lease.runtime);
                     if auto_created {
                         result["auto_created"] = json!({"image": lease.project.image.as_str()});
                     }
                     let hold = std::mem::take(&mut o.hold);
-                    return Ok(Answer { result, hold });
+                    return Ok((Answer { result, hold }, Some(lease.runtime)));
                 }
             }
         }
