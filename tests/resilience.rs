@@ -251,3 +251,58 @@ fn idle_project_actors_retire_but_never_under_a_running_exec() {
     assert_eq!(d.ok("project.start", json!({"name": idle}))["status"], "running");
     assert!(d.log_text().contains("project actor retired"));
 }
+
+#[test]
+fn requests_that_arrive_while_an_actor_retires_are_served_by_its_successor() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("[janitor]\nretire_actors_after = \"off\"\n");
+    let name = d.name("handoff");
+    d.ok("project.create", json!({"name": name}));
+    let before = d.ok("daemon.info", json!({}))["project_actor_handoffs"].as_u64().unwrap();
+    // The actor's retirement takes 1.5 s; everything sent meanwhile waits for it.
+    assert_eq!(d.ok("debug.retire", json!({"name": name, "delay_ms": 1500}))["parked"], true);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..5)
+        .map(|i| {
+            let (socket, name) = (d.socket.clone(), name.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&socket).unwrap();
+                let r = c.call("project.exec", json!({"name": name, "command": ["echo", format!("n{i}")]}));
+                (i, r)
+            })
+        })
+        .collect();
+    for w in workers {
+        let (i, r) = w.join().unwrap();
+        assert_eq!(r["result"]["stdout"], format!("n{i}\n"), "{r}");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1000), "the requests did not wait for the retirement");
+    let info = d.ok("daemon.info", json!({}));
+    assert!(info["project_actor_handoffs"].as_u64().unwrap() >= before + 5, "{info}");
+    assert_eq!(info["project_actors"], 1, "one actor per project, never two: {info}");
+}
+
+#[test]
+fn running_execs_stay_cancellable_after_their_actor_panics_and_restarts() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("cancel");
+    d.ok("project.create", json!({"name": name}));
+    let mut c = d.client();
+    c.send_line(
+        &json!({"jsonrpc": "2.0", "id": 9, "method": "project.exec",
+            "params": {"name": name, "stream": true, "command": ["sh", "-c", "echo up; sleep 300"]}})
+        .to_string(),
+    );
+    assert_eq!(c.read_msg()["params"]["data"], "up\n");
+    assert_eq!(d.ok("debug.panic", json!({"name": name}))["restarted"], true);
+    // The successor's stop fails the exec its predecessor leased.
+    d.ok("project.stop", json!({"name": name}));
+    let (r, _) = c.read_response();
+    assert_eq!(r["error"]["data"]["kind"], "runtime_error", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("stopped or deleted"), "{r}");
+}

@@ -41,6 +41,8 @@ pub struct SupervisorState {
     failures: HashMap<ProjectName, (u32, Instant)>,
     /// Actors retired since memory was last handed back to the system.
     retired: usize,
+    /// Parked requests answered so far.
+    handoffs: u64,
 }
 
 type ProjectReply = RpcReplyPort<Result<ActorRef<ProjectMsg>, Error>>;
@@ -60,8 +62,12 @@ struct Entry {
 pub enum SupervisorMsg {
     /// The project's actor, spawned if it is not running.
     Project(ProjectName, ProjectReply),
-    /// How many project actors are alive.
-    CountProjects(RpcReplyPort<usize>),
+    /// How many project actors are alive, and how many requests were handed over from a
+    /// retiring actor to its successor (or back to it, when it declined) so far.
+    CountProjects(RpcReplyPort<(usize, u64)>),
+    /// Debug hook: park the project's requests now and ask its actor to retire after
+    /// the delay (a retirement that takes that long). Replies whether there was an actor.
+    DebugRetire(ProjectName, Duration, RpcReplyPort<bool>),
     /// Timer: ask project actors idle past `retire_actors_after` to retire.
     RetireIdle,
     /// A project actor kept itself alive (an exec of its project is running).
@@ -116,6 +122,7 @@ impl SupervisorState {
             self.projects
                 .insert(name.clone(), Entry { actor: actor.clone(), last_handout: Instant::now(), busy, parked: None });
         }
+        self.handoffs += parked.len() as u64;
         for reply in parked {
             let _ = reply.send(res.clone());
         }
@@ -211,6 +218,7 @@ impl Actor for Supervisor {
             names: HashMap::new(),
             failures: HashMap::new(),
             retired: 0,
+            handoffs: 0,
         })
     }
 
@@ -231,13 +239,30 @@ impl Actor for Supervisor {
         match msg {
             SupervisorMsg::Project(name, reply) => st.project(&me, name, reply).await,
             SupervisorMsg::CountProjects(reply) => {
-                let _ = reply.send(st.projects.len());
+                let _ = reply.send((st.projects.len(), st.handoffs));
+            }
+            SupervisorMsg::DebugRetire(name, delay, reply) => {
+                let parked = match st.projects.get_mut(&name) {
+                    Some(e) if e.parked.is_none() => {
+                        e.parked = Some(Vec::new());
+                        let actor = e.actor.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = actor.cast(ProjectMsg::Retire);
+                        });
+                        true
+                    }
+                    _ => false,
+                };
+                let _ = reply.send(parked);
             }
             SupervisorMsg::RetireIdle => st.retire_idle(),
             SupervisorMsg::RetireDeclined(name, id) => {
                 if let Some(e) = st.projects.get_mut(&name).filter(|e| e.actor.get_id() == id) {
                     e.last_handout = Instant::now();
-                    for reply in e.parked.take().unwrap_or_default() {
+                    let parked = e.parked.take().unwrap_or_default();
+                    st.handoffs += parked.len() as u64;
+                    for reply in parked {
                         let _ = reply.send(Ok(e.actor.clone()));
                     }
                 }

@@ -142,6 +142,14 @@ impl Service {
             }
             Request::DebugPanic(name) => self.debug_panic(&name).await,
             Request::DebugSupervisor(what) => self.debug_supervisor(what).await,
+            Request::DebugRetire { name, delay } => {
+                let n = name.clone();
+                let parked = ask(&self.supervisor, "the supervisor", ctx.short_timeout(), |r| {
+                    SupervisorMsg::DebugRetire(n, delay, r)
+                })
+                .await?;
+                Ok(json!({"parked": parked}))
+            }
         }
     }
 
@@ -200,7 +208,7 @@ impl Service {
     async fn info(&self) -> Result<Value, Error> {
         let rt = &self.ctx.runtimes;
         let projects = self.registry(RegistryMsg::Count).await?;
-        let actors =
+        let (actors, handoffs) =
             ask(&self.supervisor, "the supervisor", self.ctx.short_timeout(), SupervisorMsg::CountProjects).await?;
         let mut docker = json!({"available": rt.docker_available()});
         if let (true, Some(v)) = (rt.docker_available(), rt.docker_version()) {
@@ -220,6 +228,7 @@ impl Service {
             "docker": docker,
             "projects": projects,
             "project_actors": actors,
+            "project_actor_handoffs": handoffs,
         }))
     }
 

@@ -52,6 +52,11 @@ pub enum Request {
     DebugPanic(ProjectName),
     /// `debug.panic_supervisor` / `debug.wedge_supervisor`: served only with debug hooks on.
     DebugSupervisor(DebugSupervisor),
+    /// `debug.retire`: a retirement of the project's actor that takes `delay`.
+    DebugRetire {
+        name: ProjectName,
+        delay: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +99,8 @@ impl Request {
             | Request::Stop(n)
             | Request::Status(n)
             | Request::Path(n)
-            | Request::DebugPanic(n) => Some(n),
+            | Request::DebugPanic(n)
+            | Request::DebugRetire { name: n, .. } => Some(n),
             Request::Delete { name, .. } | Request::Logs { name, .. } => Some(name),
             Request::Exec(e) => Some(&e.name),
             Request::Info
@@ -308,6 +314,16 @@ fn parse_request(method: &str, p: Value, config: &Config, debug_hooks: bool) -> 
         "debug.panic" if debug_hooks => Request::DebugPanic(name(&params::<NameParams>(m, p)?.name)?),
         "debug.kill_supervisor" if debug_hooks => {
             params::<NoParams>(m, p).map(|_| Request::DebugSupervisor(DebugSupervisor::Panic))?
+        }
+        "debug.retire" if debug_hooks => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                name: String,
+                delay_ms: u64,
+            }
+            let r: P = params(m, p)?;
+            Request::DebugRetire { name: name(&r.name)?, delay: Duration::from_millis(r.delay_ms.min(60_000)) }
         }
         "debug.wedge_supervisor" if debug_hooks => {
             params::<NoParams>(m, p).map(|_| Request::DebugSupervisor(DebugSupervisor::Wedge))?
