@@ -398,3 +398,23 @@ fn commands_that_cannot_start_exit_127_or_126_with_the_reason_on_stderr() {
     assert_eq!((r["exit_code"].clone(), r["stdout"].clone()), (json!(126), json!("OCI runtime exec failed: x\n")));
     assert!(r.get("exec_error").is_none(), "{r}");
 }
+
+#[test]
+fn a_loud_command_is_killed_at_its_timeout_without_delay() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("loud");
+    d.ok("project.create", json!({"name": name}));
+    for stream in [false, true] {
+        let started = Instant::now();
+        let (r, _) = d.client().call_collect(
+            "project.exec",
+            json!({"name": name, "timeout": "1s", "stream": stream, "command": ["yes", "loud"]}),
+        );
+        assert_eq!(r["result"]["timed_out"], true, "{}", r.to_string().chars().take(300).collect::<String>());
+        assert!(started.elapsed() < Duration::from_secs(8), "answered after {:?}", started.elapsed());
+    }
+    wait_gone(&d, &name, "yes loud");
+}

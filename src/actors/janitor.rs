@@ -148,7 +148,7 @@ impl JanitorState {
         let cutoff = OffsetDateTime::now_utc() - self.ctx.config.janitor.stale_after.0;
         let names = self.sweep(cutoff, |_| true, |cutoff, reply| ProjectMsg::ArchiveIfStale { cutoff, reply }).await?;
         if !names.is_empty() {
-            tracing::info!(projects = ?names, "archived stale projects");
+            tracing::info!(projects = %names.join(" "), "archived stale projects");
         }
         Ok(names)
     }
@@ -163,7 +163,7 @@ impl JanitorState {
             .sweep(cutoff, |p| p.status == Status::Running, |cutoff, reply| ProjectMsg::StopIfIdle { cutoff, reply })
             .await?;
         if !names.is_empty() {
-            tracing::info!(projects = ?names, "stopped idle containers");
+            tracing::info!(projects = %names.join(" "), "stopped idle containers");
         }
         Ok(names)
     }

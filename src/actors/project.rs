@@ -448,7 +448,10 @@ impl ProjectState {
         let name = self.name.clone();
         self.registry(|r| RegistryMsg::Delete(name, r)).await??;
         self.project = None;
-        tracing::info!(project = %self.name, archived = ?archived, "deleted project");
+        match &archived {
+            Some(path) => tracing::info!(project = %self.name, archived = %path.display(), "deleted project"),
+            None => tracing::info!(project = %self.name, "deleted project and its workspace"),
+        }
         Ok(archived)
     }
 
@@ -561,9 +564,10 @@ impl ProjectState {
             return Ok(None);
         }
         let change = Change { name: self.name.to_string(), from: Some(p.status), to: Some(to), reason: reason.into() };
+        let from = p.status;
         p.status = to;
         self.save(p).await?;
-        tracing::info!(project = %self.name, from = ?change.from, to = ?change.to, reason, "reconciled");
+        tracing::info!(project = %self.name, from = from.as_str(), to = to.as_str(), reason, "reconciled");
         Ok(Some(change))
     }
 
@@ -728,7 +732,8 @@ mod tests {
         let name = ProjectName::parse("p").unwrap();
         let ask = |local: bool, tool: Option<&str>| ExecAsk { local, tool: tool.map(String::from), recheck: false };
         // (config, ask, engine answers, status, expected place or error kind)
-        let rows: Vec<(&Config, ExecAsk, bool, Status, Result<Where, ErrorKind>)> = vec![
+        type Row<'a> = (&'a Config, ExecAsk, bool, Status, Result<Where, ErrorKind>);
+        let rows: Vec<Row> = vec![
             // Local execution off: nothing runs on the host.
             (&off, ask(false, None), true, Running, Ok(Container)),
             (&off, ask(true, None), true, Running, Err(ErrorKind::Forbidden)),

@@ -308,11 +308,11 @@ impl Actor for Supervisor {
         let id = cell.get_id();
         if id == st.registry_id {
             // The registry's state is the database: a fresh actor reloads it.
-            tracing::error!(reason = ?failure, "registry actor exited; restarting it");
+            tracing::error!(reason = failure.as_deref().unwrap_or("stopped"), "registry actor exited; restarting it");
             st.registry_id = spawn_registry(&st.ctx, st.state_dir.clone(), me.get_cell()).await?;
         } else if st.janitor.as_ref().is_some_and(|j| j.get_id() == id) {
             st.janitor = None;
-            tracing::error!(reason = ?failure, "janitor exited; restarting it");
+            tracing::error!(reason = failure.as_deref().unwrap_or("stopped"), "janitor exited; restarting it");
             me.send_after(Duration::from_secs(1), || SupervisorMsg::RespawnJanitor);
         } else if let Some(name) = st.names.remove(&id) {
             // Only handle the map entry if it is still this actor (a request may already

@@ -49,6 +49,8 @@ exit 1"#;
 
 /// How long output is still read after the command's tree was killed.
 const DRAIN_AFTER_KILL: Duration = Duration::from_secs(2);
+/// How long one piece of output may wait for the client while the command is killed.
+const PUSH_WHILE_KILLING: Duration = Duration::from_millis(100);
 
 /// How long the engine may take to record an exit code after the output stream ended.
 /// An exec still running past it lost its stream (a cut connection ends it quietly).
@@ -144,26 +146,44 @@ pub(super) async fn run(
             stream_error = Some("it ended while the command still ran".into());
         }
     }
-    if stopped.is_some() || stream_error.is_some() {
-        let killed = kill_tree(rt, &docker, &container, &marker).await;
-        if let Some(e) = stream_error {
-            let fate = match killed {
-                Ok(()) => "it was killed".to_string(),
-                Err(why) => format!("it could not be killed ({why}) and may still run"),
-            };
-            return Err(RuntimeError::Engine(format!("the output stream of {:?} failed ({e}); {fate}", spec.argv[0])));
-        }
-        // Keep what the command printed up to its death.
-        let drain = async {
-            if let Some(Some(held)) = first.take() {
-                capture.push(StreamKind::Stdout, held).await;
-            }
-            while let Some(Ok(out)) = output.next().await {
-                keep(&mut capture, out).await;
-            }
+    if let Some(e) = stream_error {
+        let fate = match kill_tree(rt, &docker, &container, &marker).await {
+            Ok(()) => "it was killed".to_string(),
+            Err(why) => format!("it could not be killed ({why}) and may still run"),
         };
-        let _ = tokio::time::timeout(DRAIN_AFTER_KILL, drain).await;
-        let timed_out = stopped == Some(Interrupt::Timeout);
+        return Err(RuntimeError::Engine(format!("the output stream of {:?} failed ({e}); {fate}", spec.argv[0])));
+    }
+    if let Some(why) = stopped {
+        // The output is read while the kill runs: an exec whose output nobody reads
+        // stalls in the engine, and the kill with it. What cannot be kept at once (a
+        // client that does not read) is dropped; the command is being killed anyway.
+        let kill = kill_tree(rt, &docker, &container, &marker);
+        tokio::pin!(kill);
+        let mut killed = None;
+        let mut drain_until = tokio::time::Instant::now() + rt.settings.api_timeout + DRAIN_AFTER_KILL;
+        if let Some(Some(held)) = first.take() {
+            let _ = tokio::time::timeout(PUSH_WHILE_KILLING, capture.push(StreamKind::Stdout, held)).await;
+        }
+        loop {
+            tokio::select! {
+                r = &mut kill, if killed.is_none() => {
+                    killed = Some(r);
+                    drain_until = tokio::time::Instant::now() + DRAIN_AFTER_KILL;
+                }
+                item = output.next() => match item {
+                    Some(Ok(out)) => {
+                        let _ = tokio::time::timeout(PUSH_WHILE_KILLING, keep(&mut capture, out)).await;
+                    }
+                    _ => break,
+                },
+                _ = tokio::time::sleep_until(drain_until) => break,
+            }
+        }
+        let killed = match killed {
+            Some(k) => k,
+            None => kill.await,
+        };
+        let timed_out = why == Interrupt::Timeout;
         let mut o = capture.finish(-1, timed_out, !timed_out);
         o.kill_error = killed.err();
         return Ok(o);

@@ -262,7 +262,7 @@ impl DockerRuntime {
         if same.len() < 2 {
             return Ok(());
         }
-        same.sort_by(|a, b| (a.created.clone(), a.id.clone()).cmp(&(b.created.clone(), b.id.clone())));
+        same.sort_by_key(|n| (n.created.clone(), n.id.clone()));
         for extra in same.iter().skip(1) {
             let ours = extra.labels.as_ref().and_then(|l| l.get(&self.settings.label_managed_by)).map(String::as_str)
                 == Some(MANAGED_BY);
