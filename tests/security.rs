@@ -226,13 +226,19 @@ fn socket_mode_stale_and_live_sockets_and_world_writable_dirs() {
     assert!(err.contains("writable by everyone") && err.contains(open.to_str().unwrap()), "{err}");
 }
 
-/// Runs `berth info --json` as `uid:gid`.
+/// Runs `berth info --json` as `uid:gid` with no supplementary groups.
 fn berth_as(d: &Daemon, uid: u32, gid: u32) -> std::process::Output {
+    berth_as_in(d, uid, gid, &[])
+}
+
+/// Runs `berth info --json` as `uid:gid` with the supplementary `groups`.
+fn berth_as_in(d: &Daemon, uid: u32, gid: u32, groups: &[u32]) -> std::process::Output {
     let mut cmd = Command::new(berth_bin());
     cmd.args(["--socket", d.socket.to_str().unwrap(), "info", "--json"]).stdin(Stdio::null());
+    let groups: Vec<libc::gid_t> = groups.to_vec();
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -297,6 +303,73 @@ fn peers_are_checked_by_credentials() {
         .log_text()
         .lines()
         .any(|l| l.contains("method=project.create") && l.contains("uid=0") && l.contains("pid=")));
+}
+
+#[test]
+fn supplementary_members_of_socket_group_are_let_in() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "skipping: supplementary_members_of_socket_group_are_let_in needs root to run a client as another uid"
+        );
+        return;
+    }
+    let d = Daemon::start(
+        "[docker]\nhost = \"unix:///nonexistent/docker.sock\"\n[server]\nsocket_mode = \"0666\"\nsocket_group = \"4545\"\n",
+    );
+    open_up(&d);
+    let out = berth_as_in(&d, 4747, 4747, &[4646, 4545]);
+    assert!(out.status.success(), "socket_group as a supplementary group: {}", String::from_utf8_lossy(&out.stderr));
+    let out = berth_as_in(&d, 4747, 4747, &[4646]);
+    assert_eq!(out.status.code(), Some(1), "other groups only");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("uid 4747"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Credentials of one thread only (raw syscalls; libc's wrappers change every thread's).
+fn become_in_this_thread(uid: u32, gid: u32, groups: &[u32]) -> std::io::Result<()> {
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+            || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_gate_uses_the_groups_the_peer_connected_with() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "skipping: the_gate_uses_the_groups_the_peer_connected_with needs root to change a thread's credentials"
+        );
+        return;
+    }
+    let d = Daemon::start(
+        "[docker]\nhost = \"unix:///nonexistent/docker.sock\"\n[server]\nsocket_mode = \"0666\"\nsocket_group = \"4545\"\n",
+    );
+    open_up(&d);
+    // The connecting thread is a member of socket_group; the process's main thread (which
+    // is what /proc/<pid>/status shows) is not. The socket's own record decides.
+    let socket = d.socket.clone();
+    let r = std::thread::spawn(move || {
+        become_in_this_thread(4848, 4848, &[4545]).expect("set this thread's credentials");
+        let mut c = Client::connect(&socket).unwrap();
+        c.send_line(&req("daemon.info", json!({})));
+        c.read_msg()
+    })
+    .join()
+    .unwrap();
+    assert!(r.get("result").is_some(), "a member of socket_group by the socket's record: {r}");
+    let socket = d.socket.clone();
+    let r = std::thread::spawn(move || {
+        become_in_this_thread(4848, 4848, &[4646]).expect("set this thread's credentials");
+        // Refused at once, before any request (one sent could meet a closed socket).
+        Client::connect(&socket).unwrap().read_msg()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(r["error"]["data"]["kind"], "forbidden", "{r}");
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! connections. Closing a connection (or its write half) cancels its running execs. The
 //! server decides nothing about projects: it hands each decoded request to `Service`.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +45,56 @@ pub struct Gate {
     pub group: Option<u32>,
 }
 
+/// The credentials a peer had when it connected, as the kernel recorded them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    /// For logs only: a pid can be reused, so nothing is decided by it.
+    pub pid: Option<i32>,
+    /// Supplementary groups (SO_PEERGROUPS).
+    pub groups: Vec<u32>,
+}
+
+impl Peer {
+    /// Reads the peer's credentials from the connected socket; an unknown peer is
+    /// `u32::MAX`, which nothing allows.
+    fn of(stream: &UnixStream) -> Peer {
+        let (uid, gid, pid) =
+            stream.peer_cred().map(|c| (c.uid(), c.gid(), c.pid())).unwrap_or((u32::MAX, u32::MAX, None));
+        let groups = peer_groups(stream.as_raw_fd()).unwrap_or_else(|e| {
+            tracing::debug!(uid, error = %e, "cannot read the peer's supplementary groups");
+            Vec::new()
+        });
+        Peer { uid, gid, pid, groups }
+    }
+}
+
+/// `getsockopt(SO_PEERGROUPS)` (Linux 4.13+), growing the buffer while the kernel says
+/// it is too small.
+fn peer_groups(fd: RawFd) -> std::io::Result<Vec<u32>> {
+    const GID: usize = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = (groups.len() * GID) as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `groups`, which holds that many.
+        let rc = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERGROUPS, groups.as_mut_ptr().cast(), &mut len)
+        };
+        if rc == 0 {
+            groups.truncate(len as usize / GID);
+            return Ok(groups);
+        }
+        let err = std::io::Error::last_os_error();
+        // ERANGE: `len` now holds the size needed.
+        if err.raw_os_error() == Some(libc::ERANGE) && len as usize > groups.len() * GID {
+            groups.resize(len as usize / GID, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
+
 impl Gate {
     /// `socket_group = ""` means the daemon's own group, as the socket file's group is.
     pub fn from_config(cfg: &ServerConfig) -> Result<Gate, BindError> {
@@ -58,16 +109,13 @@ impl Gate {
         Ok(Gate { daemon_uid, allowed_uids: cfg.allowed_uids.clone(), group: Some(group) })
     }
 
-    /// Root, the daemon's own uid, `allowed_uids`, and members of `socket_group`.
-    pub fn allows(&self, uid: u32, gid: u32, pid: Option<i32>) -> bool {
-        if uid == 0 || uid == self.daemon_uid || self.allowed_uids.contains(&uid) {
+    /// Root, the daemon's own uid, `allowed_uids`, and members of `socket_group` (as the
+    /// primary or a supplementary group).
+    pub fn allows(&self, peer: &Peer) -> bool {
+        if peer.uid == 0 || peer.uid == self.daemon_uid || self.allowed_uids.contains(&peer.uid) {
             return true;
         }
-        match self.group {
-            Some(g) if gid == g => true,
-            Some(g) => pid.map(|p| supplementary_groups(p).contains(&g)).unwrap_or(false),
-            None => false,
-        }
+        self.group.is_some_and(|g| peer.gid == g || peer.groups.contains(&g))
     }
 }
 
@@ -80,17 +128,6 @@ fn lookup_group(name: &str) -> Option<u32> {
         let mut f = l.split(':');
         (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
     })
-}
-
-fn supplementary_groups(pid: i32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Groups:"))
-                .map(|l| l[7..].split_whitespace().filter_map(|g| g.parse().ok()).collect())
-        })
-        .unwrap_or_default()
 }
 
 /// Binds the socket: refuses a live one, replaces a stale one, makes the parent dir if
@@ -221,10 +258,10 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, max: usize) ->
 }
 
 async fn serve_conn(stream: UnixStream, shared: Arc<Shared>) {
-    let cred = stream.peer_cred().ok();
-    let (uid, gid, pid) = cred.map(|c| (c.uid(), c.gid(), c.pid())).unwrap_or((u32::MAX, u32::MAX, None));
-    if !shared.gate.allows(uid, gid, pid) {
-        tracing::warn!(uid, gid, pid = ?pid, "refused a connection from a peer that is not allowed");
+    let peer = Peer::of(&stream);
+    let (uid, pid) = (peer.uid, peer.pid);
+    if !shared.gate.allows(&peer) {
+        tracing::warn!(uid, gid = peer.gid, groups = ?peer.groups, pid = ?pid, "refused a connection from a peer that is not allowed");
         let e = Error::new(ErrorKind::Forbidden, format!("uid {uid} is not allowed to use this socket"));
         refuse(stream, e).await;
         return;
@@ -336,8 +373,31 @@ mod tests {
     #[test]
     fn gate_table() {
         let g = Gate { daemon_uid: 1000, allowed_uids: vec![2000], group: Some(3000) };
-        for (uid, gid, ok) in [(0, 0, true), (1000, 5, true), (2000, 5, true), (4000, 3000, true), (4000, 5, false)] {
-            assert_eq!(g.allows(uid, gid, None), ok, "uid {uid} gid {gid}");
+        let rows: &[(u32, u32, &[u32], bool)] = &[
+            (0, 0, &[], true),
+            (1000, 5, &[], true),
+            (2000, 5, &[], true),
+            (4000, 3000, &[], true),
+            (4000, 5, &[3000], true),
+            (4000, 5, &[7, 8], false),
+            (4000, 5, &[], false),
+        ];
+        for (uid, gid, groups, ok) in rows {
+            let peer = Peer { uid: *uid, gid: *gid, pid: None, groups: groups.to_vec() };
+            assert_eq!(g.allows(&peer), *ok, "{peer:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn peer_groups_are_the_connecting_processs_own() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut want: Vec<u32> = vec![0; 256];
+        // SAFETY: getgroups writes at most 256 entries into a buffer of 256.
+        let n = unsafe { libc::getgroups(256, want.as_mut_ptr()) };
+        want.truncate(n as usize);
+        let mut got = peer_groups(a.as_raw_fd()).unwrap();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
     }
 }
