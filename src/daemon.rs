@@ -1,11 +1,12 @@
 //! `berthd`: wires config, runtimes, actors and the socket together and runs until
 //! SIGTERM or SIGINT.
 //!
-//! Start-up order: lock the state dir (one daemon per state dir), refuse a live socket,
-//! load the registry, reconcile once, bind (or take the socket from systemd), then tell
-//! systemd READY. Shutdown stops accepting, lets in-flight requests finish (up to
-//! `server.shutdown_grace`), checkpoints the registry, removes the socket file and exits
-//! 0. Containers are never stopped by a daemon shutdown.
+//! Start-up order: check the socket path (its dir safe or makeable, no live daemon, no
+//! non-socket file there) before creating anything, lock the state dir (one daemon per
+//! state dir), load the registry, reconcile once, bind (or take the socket from systemd),
+//! then tell systemd READY. Shutdown stops accepting, lets in-flight requests finish (up
+//! to `server.shutdown_grace`), checkpoints the registry, removes the socket file and
+//! exits 0. Containers are never stopped by a daemon shutdown.
 
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
@@ -132,17 +133,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
     let state_dir = config::resolve_state_dir(args.state_dir.as_deref(), config.state_dir.as_deref());
     let socket = config::resolve_socket(args.socket.as_deref(), config.socket.as_deref());
+    let gate = Gate::from_config(&config.server)?;
+    let mode = config.socket_mode()?;
+    let activated = activated_listener()?;
+    // Refuse a socket path that cannot work before creating anything.
+    if activated.is_none() {
+        server::preflight(&socket).await?;
+    }
     let _lock = lock_state_dir(&state_dir)?;
     // Bind mounts need an absolute path, and ownership checks compare paths exactly.
     let state_dir =
         state_dir.canonicalize().with_context(|| format!("cannot resolve state dir {}", state_dir.display()))?;
-    let gate = Gate::from_config(&config.server)?;
-    let mode = config.socket_mode()?;
-    let activated = activated_listener()?;
-    // Refuse a live socket before touching any state.
-    if activated.is_none() && tokio::net::UnixStream::connect(&socket).await.is_ok() {
-        bail!("another berthd is already serving {}", socket.display());
-    }
 
     let workspaces = Workspaces::open(&state_dir)?;
     let docker = DockerRuntime::new(DockerSettings::from_config(&config, &state_dir));

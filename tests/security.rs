@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -209,21 +209,110 @@ fn socket_mode_stale_and_live_sockets_and_world_writable_dirs() {
     assert!(d.socket.exists());
     d.spawn();
     assert_eq!(d.ok("daemon.info", json!({}))["runtime"], "local");
-    d.kill9();
+}
 
-    // A socket in a world-writable dir is refused.
+/// Runs berthd with `args` (after `--config CONFIG`) and returns its exit code and
+/// stderr; one that is still running after 20 s is killed and the test fails.
+fn berthd_refuses(config: &std::path::Path, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(berthd_bin());
+    cmd.arg("--config").arg(config).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("berthd {args:?} started instead of refusing; log:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+#[test]
+fn a_refused_socket_dir_leaves_nothing_behind_and_names_a_dir_that_works() {
+    let d = Daemon::prepare("[docker]\nhost = \"unix:///nonexistent/docker.sock\"\n");
     let open = d.dir.path().join("open");
     std::fs::create_dir(&open).unwrap();
+    // The sticky bit does not help: anyone could still place a socket there first.
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let out = Command::new(berthd_bin())
-        .args(["--config", d.config.to_str().unwrap(), "--state-dir", d.state.to_str().unwrap()])
-        .arg("--socket")
-        .arg(open.join("b.sock"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("writable by everyone") && err.contains(open.to_str().unwrap()), "{err}");
+    let xdg = d.dir.path().join("xdg");
+    let sock = open.join("b.sock");
+    let args = ["--state-dir".as_ref(), d.state.as_os_str(), "--socket".as_ref(), sock.as_os_str()];
+    let (code, err) = berthd_refuses(&d.config, &args, &[("XDG_RUNTIME_DIR", xdg.to_str().unwrap())]);
+    assert_eq!(code, 1, "{err}");
+    let suggestion = format!("such as {}/berth/berth.sock", xdg.display());
+    assert!(err.contains(&format!("socket dir {} is writable by everyone", open.display())), "{err}");
+    assert!(err.contains(&suggestion) && err.contains("--socket"), "{err}");
+    assert!(!d.state.exists(), "the state dir was not made");
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0, "nothing was put in the open dir");
+    // Root without $XDG_RUNTIME_DIR is pointed at /run/berth.
+    if unsafe { libc::geteuid() } == 0 {
+        let out = Command::new(berthd_bin())
+            .env_remove("XDG_RUNTIME_DIR")
+            .arg("--config")
+            .arg(&d.config)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("such as /run/berth/berth.sock"), "{err}");
+    }
+    // A socket dir that cannot be made (a file is in the way) is refused the same way.
+    let file = d.dir.path().join("plain");
+    std::fs::write(&file, "keep").unwrap();
+    let sock = file.join("run/b.sock");
+    let args = ["--state-dir".as_ref(), d.state.as_os_str(), "--socket".as_ref(), sock.as_os_str()];
+    let (code, err) = berthd_refuses(&d.config, &args, &[("XDG_RUNTIME_DIR", xdg.to_str().unwrap())]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("{} is not a directory", file.display())) && err.contains(&suggestion), "{err}");
+    assert!(!d.state.exists(), "the state dir was not made");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+}
+
+#[test]
+fn what_is_at_the_socket_path_is_never_removed_unless_it_is_a_stale_socket() {
+    let d = Daemon::prepare("[docker]\nhost = \"unix:///nonexistent/docker.sock\"\n");
+    std::fs::create_dir_all(d.socket.parent().unwrap()).unwrap();
+    let target = d.dir.path().join("target");
+    std::fs::write(&target, "keep").unwrap();
+    type Make = fn(&std::path::Path, &std::path::Path);
+    let rows: [(&str, Make); 3] = [
+        ("a regular file", |p, _| std::fs::write(p, "keep").unwrap()),
+        ("a directory", |p, _| std::fs::create_dir(p).unwrap()),
+        ("a symlink", |p, t| std::os::unix::fs::symlink(t, p).unwrap()),
+    ];
+    for (what, make) in rows {
+        make(&d.socket, &target);
+        let args = ["--state-dir".as_ref(), d.state.as_os_str(), "--socket".as_ref(), d.socket.as_os_str()];
+        let (code, err) = berthd_refuses(&d.config, &args, &[]);
+        assert_eq!(code, 1, "{what}: {err}");
+        assert!(err.contains(&format!("{} is {what}, not a socket", d.socket.display())), "{what}: {err}");
+        // Untouched.
+        let meta = std::fs::symlink_metadata(&d.socket).unwrap();
+        match what {
+            "a regular file" => assert_eq!(std::fs::read_to_string(&d.socket).unwrap(), "keep"),
+            "a directory" => assert!(meta.is_dir()),
+            _ => assert_eq!(std::fs::read_link(&d.socket).unwrap(), target),
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert!(!d.state.exists(), "{what}: the state dir was not made");
+        if meta.is_dir() {
+            std::fs::remove_dir(&d.socket).unwrap();
+        } else {
+            std::fs::remove_file(&d.socket).unwrap();
+        }
+    }
 }
 
 /// Runs `berth info --json` as `uid:gid` with no supplementary groups.

@@ -8,7 +8,7 @@
 //! server decides nothing about projects: it hands each decoded request to `Service`.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,10 +29,21 @@ use crate::error::{Error, ErrorKind};
 pub enum BindError {
     #[error("another berthd is already serving {0}")]
     InUse(PathBuf),
-    #[error("socket {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("socket dir {0} is writable by everyone; refusing to put the socket there")]
-    WorldWritable(PathBuf),
+    // Not `source`: the message already carries it, and a source would print it twice.
+    #[error("socket {}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error(
+        "socket dir {} is writable by everyone; refusing to put the socket there: use a directory only you can write, such as {} (--socket or $BERTH_SOCKET)",
+        dir.display(), suggestion.display()
+    )]
+    WorldWritable { dir: PathBuf, suggestion: PathBuf },
+    #[error(
+        "socket dir {} cannot be made: {} is {what}; use a directory you can write, such as {} (--socket or $BERTH_SOCKET)",
+        dir.display(), blocker.display(), suggestion.display()
+    )]
+    DirUnusable { dir: PathBuf, blocker: PathBuf, what: &'static str, suggestion: PathBuf },
+    #[error("socket path {} is {what}, not a socket; refusing to replace it (move it away or choose another --socket)", path.display())]
+    NotASocket { path: PathBuf, what: &'static str },
     #[error("socket_group {0:?} does not exist")]
     NoGroup(String),
 }
@@ -130,25 +141,120 @@ fn lookup_group(name: &str) -> Option<u32> {
     })
 }
 
-/// Binds the socket: refuses a live one, replaces a stale one, makes the parent dir if
-/// needed (0755, never world-writable), then applies mode and group.
-pub async fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, BindError> {
-    let io = |source| BindError::Io { path: path.to_path_buf(), source };
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
-        }
-        // Anyone who can write the directory could swap the socket for their own.
-        let m = std::fs::metadata(dir).map_err(io)?.permissions().mode();
-        if m & 0o002 != 0 {
-            return Err(BindError::WorldWritable(dir.to_path_buf()));
-        }
+/// A socket path that works for whoever runs the daemon: `$XDG_RUNTIME_DIR/berth/`,
+/// `/run/berth/` as root, else under `~/.local/state/berth/`.
+pub fn suggested_socket() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir).join("berth/berth.sock");
     }
-    if std::fs::symlink_metadata(path).is_ok() {
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(BindError::InUse(path.to_path_buf()));
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/run/berth/berth.sock");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    home.join(".local/state/berth/berth.sock")
+}
+
+fn socket_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn kind_of(ft: std::fs::FileType) -> &'static str {
+    if ft.is_symlink() {
+        "a symlink"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_file() {
+        "a regular file"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// Anyone who can write the socket's directory could swap the socket for their own; the
+/// sticky bit does not stop them from placing one first.
+fn check_dir(dir: &Path) -> Result<(), BindError> {
+    let meta = std::fs::metadata(dir).map_err(|source| BindError::Io { path: dir.to_path_buf(), err: source })?;
+    if meta.permissions().mode() & 0o002 != 0 {
+        return Err(BindError::WorldWritable { dir: dir.to_path_buf(), suggestion: suggested_socket() });
+    }
+    Ok(())
+}
+
+/// A missing socket dir must be makeable: its nearest existing ancestor is a directory
+/// this process may write.
+fn check_creatable(dir: &Path) -> Result<(), BindError> {
+    let unusable = |blocker: &Path, what| BindError::DirUnusable {
+        dir: dir.to_path_buf(),
+        blocker: blocker.to_path_buf(),
+        what,
+        suggestion: suggested_socket(),
+    };
+    let Some(ancestor) = dir.ancestors().skip(1).find(|a| a.as_os_str().is_empty() || a.exists()) else {
+        return Ok(());
+    };
+    let ancestor = if ancestor.as_os_str().is_empty() { Path::new(".") } else { ancestor };
+    if !ancestor.is_dir() {
+        return Err(unusable(ancestor, "not a directory"));
+    }
+    let c = std::ffi::CString::new(ancestor.as_os_str().as_encoded_bytes())
+        .map_err(|_| unusable(ancestor, "not a valid path"))?;
+    // SAFETY: access reads a NUL-terminated path we own.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(unusable(ancestor, "not writable by berthd"));
+    }
+    Ok(())
+}
+
+/// What sits at the socket path: nothing (`false`), a stale socket (`true`), or an error
+/// for a live socket or anything that is not a socket (never removed).
+async fn stale_socket(path: &Path) -> Result<bool, BindError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => return Err(BindError::Io { path: path.to_path_buf(), err: source }),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(BindError::NotASocket { path: path.to_path_buf(), what: kind_of(meta.file_type()) });
+    }
+    if UnixStream::connect(path).await.is_ok() {
+        return Err(BindError::InUse(path.to_path_buf()));
+    }
+    Ok(true)
+}
+
+/// Checks, before the daemon creates anything, that the socket can go at `path`: its
+/// directory exists and is not writable by everyone (or can be made), and nothing but a
+/// stale socket is at the path.
+pub async fn preflight(path: &Path) -> Result<(), BindError> {
+    let dir = socket_dir(path);
+    match std::fs::metadata(&dir) {
+        Ok(_) => check_dir(&dir)?,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            check_creatable(&dir)?
         }
+        Err(err) => return Err(BindError::Io { path: dir, err }),
+    }
+    stale_socket(path).await.map(|_| ())
+}
+
+/// Binds the socket: refuses a live one and anything that is not a socket, replaces a
+/// stale one, makes the parent dir if needed (0755, never world-writable), then applies
+/// mode and group.
+pub async fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, BindError> {
+    let io = |source| BindError::Io { path: path.to_path_buf(), err: source };
+    let dir = socket_dir(path);
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+    }
+    check_dir(&dir)?;
+    if stale_socket(path).await? {
         tracing::info!(socket = %path.display(), "replacing stale socket file");
         std::fs::remove_file(path).map_err(io)?;
     }
@@ -399,5 +505,18 @@ mod tests {
         got.sort();
         want.sort();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn non_sockets_are_named_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for (p, what) in [(file.clone(), "a regular file"), (dir.path().to_path_buf(), "a directory")] {
+            let e = rt.block_on(stale_socket(&p)).unwrap_err();
+            assert!(matches!(e, BindError::NotASocket { what: w, .. } if w == what), "{e}");
+        }
+        assert!(!rt.block_on(stale_socket(&dir.path().join("none"))).unwrap());
     }
 }
