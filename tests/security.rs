@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -517,11 +517,85 @@ fn silent_connections_are_closed_after_the_idle_timeout() {
     idle.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let mut buf = [0u8; 16];
     assert_eq!(idle.read(&mut buf).unwrap(), 0, "closed by the daemon");
-    // A connection with a request in flight is not idle, however long it runs.
-    let name = d.name("slow");
+}
+
+#[test]
+fn connections_go_idle_once_their_requests_finish() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("[server]\nidle_timeout = \"1s\"\n");
+    let name = d.name("idle");
     d.ok("project.create", json!({"name": name}));
-    let r = d.ok("project.exec", json!({"name": name, "command": ["sleep", "2"]}));
-    assert_eq!(r["exit_code"], 0);
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let read = |r: &mut BufReader<UnixStream>| -> Value {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "berthd closed the connection");
+        serde_json::from_str(&line).unwrap()
+    };
+    // A request running longer than the idle timeout keeps its connection open...
+    let exec = json!({"jsonrpc": "2.0", "id": 1, "method": "project.exec",
+        "params": {"name": name, "command": ["sleep", "2"]}});
+    writeln!(s, "{exec}").unwrap();
+    // ... and half a line sent meanwhile is kept while the daemon wakes up for the
+    // request's end.
+    let info = json!({"jsonrpc": "2.0", "id": 2, "method": "daemon.info", "params": {}}).to_string();
+    let (head, tail) = info.split_at(info.len() / 2);
+    s.write_all(head.as_bytes()).unwrap();
+    let first = read(&mut r);
+    assert_eq!(first["id"], 1, "{first}");
+    assert_eq!(first["result"]["exit_code"], 0, "{first}");
+    writeln!(s, "{tail}").unwrap();
+    let second = read(&mut r);
+    assert_eq!(second["id"], 2, "{second}");
+    assert!(second["result"]["version"].is_string(), "{second}");
+    // Then, silent with nothing in flight, it is closed after the idle timeout.
+    let quiet = Instant::now();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).expect("closed by the daemon within 15 s");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(quiet.elapsed() >= Duration::from_millis(500), "not before the idle timeout: {:?}", quiet.elapsed());
+}
+
+/// Whether `comm` runs in the container (`docker top`).
+fn runs_in(container: &str, comm: &str) -> bool {
+    docker(&["top", container, "-o", "pid,comm"]).lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some(comm))
+}
+
+fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_and_its_exec_killed() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("[server]\nwrite_timeout = \"1s\"\n");
+    let name = d.name("flood");
+    d.ok("project.create", json!({"name": name}));
+    let container = format!("berth-{name}");
+    // Endless streamed output to a client that never reads.
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let exec = json!({"jsonrpc": "2.0", "id": 1, "method": "project.exec",
+        "params": {"name": name, "command": ["yes"], "stream": true, "timeout": "1h"}});
+    writeln!(s, "{exec}").unwrap();
+    wait_for("yes running", Duration::from_secs(30), || runs_in(&container, "yes"));
+    // The daemon gives up writing after the write timeout and kills the command...
+    wait_for("yes killed", Duration::from_secs(30), || !runs_in(&container, "yes"));
+    // ... and closes the connection: what was already sent drains, then EOF.
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut sink = Vec::new();
+    s.read_to_end(&mut sink).expect("closed by the daemon");
+    assert!(d.log_text().contains("stopped reading"), "logged:\n{}", d.log_text());
+    // The daemon serves on.
+    assert_eq!(d.ok("project.exec", json!({"name": name, "command": ["echo", "ok"]}))["stdout"], "ok\n");
 }
 
 /// Connects, retrying while the listen backlog is momentarily full.

@@ -3,9 +3,10 @@
 //! order they finish.
 //!
 //! Limits live here: the line length (`too_large`, then close), open connections and
-//! in-flight requests per connection (`busy`), and an idle timeout for silent
-//! connections. Closing a connection (or its write half) cancels its running execs. The
-//! server decides nothing about projects: it hands each decoded request to `Service`.
+//! in-flight requests per connection (`busy`), an idle timeout for connections with
+//! nothing in flight, and a write timeout for clients that stop reading. Closing a
+//! connection (or its write half, or failing to write to it) cancels its running execs.
+//! The server decides nothing about projects: it hands each decoded request to `Service`.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -16,7 +17,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -333,19 +335,26 @@ async fn refuse(mut stream: UnixStream, e: Error) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(line.as_bytes())).await;
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Line {
-    Data(Vec<u8>),
+    /// A whole line (or the last bytes before EOF) is in the caller's buffer.
+    Done,
     TooLong,
     Eof,
 }
 
-/// Reads one `\n`-terminated line of at most `max` bytes without holding more than that.
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::io::Result<Line> {
-    let mut line = Vec::new();
+/// Reads one `\n`-terminated line of at most `max` bytes into `line` without holding more
+/// than that. Cancel-safe: bytes read before the future is dropped stay in `line` (or in
+/// the reader's buffer), so a later call carries on where this one stopped.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
     loop {
         let buf = r.fill_buf().await?;
         if buf.is_empty() {
-            return Ok(if line.is_empty() { Line::Eof } else { Line::Data(line) });
+            return Ok(if line.is_empty() { Line::Eof } else { Line::Done });
         }
         let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
             Some(i) => (&buf[..i], i + 1),
@@ -358,54 +367,84 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, max: usize) ->
         let found = done != buf.len() || buf.last() == Some(&b'\n');
         r.consume(done);
         if found {
-            return Ok(Line::Data(line));
+            return Ok(Line::Done);
         }
     }
+}
+
+/// Writes the connection's outgoing lines; a write that does not complete within
+/// `timeout` (a client that stopped reading) drops the connection and cancels its execs.
+fn spawn_writer(
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<String>,
+    gone: CancellationToken,
+    timeout: Duration,
+    uid: u32,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(mut line) = rx.recv().await {
+            line.push('\n');
+            match tokio::time::timeout(timeout, write.write_all(line.as_bytes())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    gone.cancel();
+                    return;
+                }
+                Err(_) => {
+                    let waited = humantime::format_duration(timeout);
+                    tracing::warn!(uid, %waited, "a client stopped reading its responses; closing its connection");
+                    gone.cancel();
+                    return;
+                }
+            }
+        }
+        let _ = write.shutdown().await;
+    })
 }
 
 async fn serve_conn(stream: UnixStream, shared: Arc<Shared>) {
     let peer = Peer::of(&stream);
     let (uid, pid) = (peer.uid, peer.pid);
     if !shared.gate.allows(&peer) {
-        tracing::warn!(uid, gid = peer.gid, groups = ?peer.groups, pid = ?pid, "refused a connection from a peer that is not allowed");
+        tracing::warn!(uid, gid = peer.gid, groups = ?peer.groups, pid, "refused a connection from a peer that is not allowed");
         let e = Error::new(ErrorKind::Forbidden, format!("uid {uid} is not allowed to use this socket"));
         refuse(stream, e).await;
         return;
     }
-    let (read, mut write) = stream.into_split();
+    let (read, write) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 * 1024, read);
-    let (tx, mut rx) = mpsc::channel::<String>(256);
+    let (tx, rx) = mpsc::channel::<String>(256);
     let gone = CancellationToken::new();
-    let writer = {
-        let gone = gone.clone();
-        tokio::spawn(async move {
-            while let Some(mut line) = rx.recv().await {
-                line.push('\n');
-                if write.write_all(line.as_bytes()).await.is_err() {
-                    gone.cancel();
-                    break;
-                }
-            }
-            let _ = write.shutdown().await;
-        })
-    };
+    let writer = spawn_writer(write, rx, gone.clone(), shared.config.write_timeout.0, uid);
     let conn = ConnHandle { out: tx.clone(), gone: gone.clone() };
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
+    let finished = Arc::new(Notify::new());
     let requests = TaskTracker::new();
     let max_line = shared.config.max_line.0 as usize;
     let idle = shared.config.idle_timeout.0;
+    // Lives across loop turns: waking up for another branch never loses a partial line.
+    let mut line = Vec::new();
+    let mut last_activity = Instant::now();
     loop {
         let busy = in_flight.available_permits() < shared.config.max_in_flight;
         let next = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
-            r = read_line(&mut reader, max_line) => r,
-            _ = tokio::time::sleep(idle), if !busy => {
+            // The writer gave up on the client.
+            _ = gone.cancelled() => break,
+            r = read_line(&mut reader, &mut line, max_line) => r,
+            // A request finished: the idle deadline runs from now.
+            _ = finished.notified() => {
+                last_activity = Instant::now();
+                continue;
+            }
+            _ = tokio::time::sleep_until(last_activity + idle), if !busy => {
                 tracing::debug!(uid, "closing an idle connection");
                 break;
             }
         };
-        let line = match next {
-            Ok(Line::Data(l)) => l,
+        last_activity = Instant::now();
+        match next {
+            Ok(Line::Done) => {}
             Ok(Line::Eof) | Err(_) => {
                 // The client is gone (or closed its write half): its execs are killed.
                 gone.cancel();
@@ -417,7 +456,8 @@ async fn serve_conn(stream: UnixStream, shared: Arc<Shared>) {
                 gone.cancel();
                 break;
             }
-        };
+        }
+        let line = std::mem::take(&mut line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -439,9 +479,11 @@ async fn serve_conn(stream: UnixStream, shared: Arc<Shared>) {
             continue;
         };
         if request.is_mutating() {
-            tracing::info!(uid, pid = ?pid, method = %decoded.method, project = ?request.project().map(|n| n.as_str()), "request");
+            let project = request.project().map(|n| n.as_str());
+            tracing::info!(uid, pid, method = %decoded.method, project, "request");
         }
         let (service, conn, tx, id) = (shared.service.clone(), conn.clone(), tx.clone(), decoded.id);
+        let finished = finished.clone();
         requests.spawn(async move {
             let line = match service.handle(&id, request, &conn).await {
                 Ok(result) => protocol::response(&id, result),
@@ -449,6 +491,7 @@ async fn serve_conn(stream: UnixStream, shared: Arc<Shared>) {
             };
             let _ = tx.send(line).await;
             drop(permit);
+            finished.notify_one();
         });
     }
     requests.close();
@@ -472,8 +515,25 @@ mod tests {
     async fn lines_are_capped() {
         let data = b"abc\ndefghij\nxy".to_vec();
         let mut r = BufReader::with_capacity(4, &data[..]);
-        assert!(matches!(read_line(&mut r, 5).await.unwrap(), Line::Data(l) if l == b"abc"));
-        assert!(matches!(read_line(&mut r, 5).await.unwrap(), Line::TooLong));
+        let mut line = Vec::new();
+        assert_eq!(read_line(&mut r, &mut line, 5).await.unwrap(), Line::Done);
+        assert_eq!(line, b"abc");
+        line.clear();
+        assert_eq!(read_line(&mut r, &mut line, 5).await.unwrap(), Line::TooLong);
+    }
+
+    #[tokio::test]
+    async fn a_line_survives_a_cancelled_read() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut r = BufReader::new(server);
+        let mut line = Vec::new();
+        client.write_all(b"{\"half\":").await.unwrap();
+        // The read is dropped mid-line, as select! does when another branch wins.
+        let cut = tokio::time::timeout(Duration::from_millis(50), read_line(&mut r, &mut line, 1024)).await;
+        assert!(cut.is_err(), "no whole line yet");
+        client.write_all(b"1}\n").await.unwrap();
+        assert_eq!(read_line(&mut r, &mut line, 1024).await.unwrap(), Line::Done);
+        assert_eq!(line, b"{\"half\":1}");
     }
 
     #[test]
