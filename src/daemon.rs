@@ -6,7 +6,9 @@
 //! state dir), load the registry, reconcile once, bind (or take the socket from systemd),
 //! then tell systemd READY. Shutdown stops accepting, lets in-flight requests finish (up
 //! to `server.shutdown_grace`), checkpoints the registry, removes the socket file and
-//! exits 0. Containers are never stopped by a daemon shutdown.
+//! exits 0. If the supervisor actor ends without a shutdown being asked, berthd removes
+//! its socket and exits non-zero, so that the service manager restarts it. Containers are
+//! never stopped by a daemon shutdown.
 
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
@@ -158,7 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         debug_hooks,
     });
 
-    let (supervisor, supervisor_task) =
+    let (supervisor, mut supervisor_task) =
         Actor::spawn(None, Supervisor, SupervisorArgs { ctx: ctx.clone(), state_dir: state_dir.clone() })
             .await
             .context("cannot start the supervisor")?;
@@ -194,7 +196,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let watchdog = spawn_watchdog(supervisor.clone());
 
-    wait_for_signal().await?;
+    let ended = tokio::select! {
+        signal = wait_for_signal() => {
+            signal?;
+            None
+        }
+        ended = &mut supervisor_task => Some(ended),
+    };
+    if let Some(ended) = ended {
+        // Without its actors berthd cannot serve: clean up and fail, so that systemd
+        // restarts it (`main` logs the error).
+        let how = match ended {
+            Ok(()) => "stopped".to_string(),
+            Err(e) => format!("failed ({e})"),
+        };
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        shutdown.cancel();
+        if tokio::time::timeout(config.server.shutdown_grace.0, server_task).await.is_err() {
+            tracing::warn!("connections did not close within the grace period");
+        }
+        if owns_socket {
+            let _ = std::fs::remove_file(&socket);
+        }
+        bail!("the supervisor actor {how} while berthd was serving; exiting so that it is restarted");
+    }
     tracing::info!("shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
