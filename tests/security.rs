@@ -344,7 +344,7 @@ fn socket_gid(p: &std::path::Path) -> u32 {
 #[test]
 fn members_of_the_daemons_own_group_are_let_in_when_socket_group_is_empty() {
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root to run a client as another uid");
+        eprintln!("skipping: members_of_the_daemons_own_group_are_let_in_when_socket_group_is_empty needs root to run a client as another uid");
         return;
     }
     // The daemon runs as root:root; "" means its own group (0) is the socket's group.
@@ -364,7 +364,7 @@ fn open_up(d: &Daemon) {
 #[test]
 fn peers_are_checked_by_credentials() {
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root to run a client as another uid");
+        eprintln!("skipping: peers_are_checked_by_credentials needs root to run a client as another uid");
         return;
     }
     let d = Daemon::start(

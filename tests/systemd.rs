@@ -15,7 +15,13 @@ use serde_json::json;
 #[test]
 fn unit_files_verify() {
     let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("skipping: systemd-analyze is not installed");
+        // CI installs it (Debian: the `systemd` package); there, missing is a failure.
+        let required = std::env::var("REQUIRE_DOCKER").as_deref() == Ok("1") || std::env::var_os("CI").is_some();
+        assert!(
+            !required,
+            "systemd-analyze is not installed (apt-get install systemd); the unit files were not checked"
+        );
+        eprintln!("skipping: unit_files_verify needs systemd-analyze (apt-get install systemd)");
         return;
     };
     assert!(out.status.success());
