@@ -554,9 +554,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn peer_groups_are_the_connecting_processs_own() {
-        let (a, _b) = UnixStream::pair().unwrap();
+    #[test]
+    fn peer_groups_are_the_connecting_processs_own() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut want: Vec<u32> = vec![0; 256];
         // SAFETY: getgroups writes at most 256 entries into a buffer of 256.
         let n = unsafe { libc::getgroups(256, want.as_mut_ptr()) };
@@ -565,6 +565,27 @@ mod tests {
         got.sort();
         want.sort();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn many_peer_groups_grow_the_buffer() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: many_peer_groups_grow_the_buffer needs root to set a thread's groups");
+            return;
+        }
+        let want: Vec<libc::gid_t> = (5000..5100).collect();
+        let got = std::thread::spawn(move || {
+            // The raw syscall changes this thread's groups only (libc's wrapper changes all).
+            // SAFETY: `want` holds `want.len()` gids.
+            let rc = unsafe { libc::syscall(libc::SYS_setgroups, want.len(), want.as_ptr()) };
+            assert_eq!(rc, 0, "setgroups: {}", std::io::Error::last_os_error());
+            let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+            peer_groups(a.as_raw_fd()).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got, (5000..5100).collect::<Vec<u32>>());
     }
 
     #[test]
