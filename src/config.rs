@@ -109,8 +109,12 @@ pub struct ServerConfig {
     pub max_line: Size,
     pub max_connections: usize,
     pub max_in_flight: usize,
-    /// A connection that sends nothing and has nothing in flight this long is closed.
+    /// A connection with nothing in flight is closed this long after its last request
+    /// line or its last request's end.
     pub idle_timeout: Dur,
+    /// A write to a client that does not complete this long (the client stopped
+    /// reading) drops the connection and cancels its execs.
+    pub write_timeout: Dur,
     /// On SIGTERM, how long in-flight requests get to finish before they are failed.
     pub shutdown_grace: Dur,
     /// All execs' output held in memory at once (captured, or queued for a client),
@@ -186,6 +190,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             max_in_flight: 64,
             idle_timeout: Dur(Duration::from_secs(600)),
+            write_timeout: Dur(Duration::from_secs(30)),
             shutdown_grace: Dur(Duration::from_secs(5)),
             max_buffered: Size(512 << 20),
         }

@@ -1,11 +1,14 @@
 //! `berthd`: wires config, runtimes, actors and the socket together and runs until
 //! SIGTERM or SIGINT.
 //!
-//! Start-up order: lock the state dir (one daemon per state dir), refuse a live socket,
-//! load the registry, reconcile once, bind (or take the socket from systemd), then tell
-//! systemd READY. Shutdown stops accepting, lets in-flight requests finish (up to
-//! `server.shutdown_grace`), checkpoints the registry, removes the socket file and exits
-//! 0. Containers are never stopped by a daemon shutdown.
+//! Start-up order: check the socket path (its dir safe or makeable, no live daemon, no
+//! non-socket file there) before creating anything, lock the state dir (one daemon per
+//! state dir), load the registry, reconcile once, bind (or take the socket from systemd),
+//! then tell systemd READY. Shutdown stops accepting, lets in-flight requests finish (up
+//! to `server.shutdown_grace`), checkpoints the registry, removes the socket file and
+//! exits 0. If the supervisor actor ends without a shutdown being asked, berthd removes
+//! its socket and exits non-zero, so that the service manager restarts it. Containers are
+//! never stopped by a daemon shutdown.
 
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
@@ -132,17 +135,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
     let state_dir = config::resolve_state_dir(args.state_dir.as_deref(), config.state_dir.as_deref());
     let socket = config::resolve_socket(args.socket.as_deref(), config.socket.as_deref());
+    let gate = Gate::from_config(&config.server)?;
+    let mode = config.socket_mode()?;
+    let activated = activated_listener()?;
+    // Refuse a socket path that cannot work before creating anything.
+    if activated.is_none() {
+        server::preflight(&socket).await?;
+    }
     let _lock = lock_state_dir(&state_dir)?;
     // Bind mounts need an absolute path, and ownership checks compare paths exactly.
     let state_dir =
         state_dir.canonicalize().with_context(|| format!("cannot resolve state dir {}", state_dir.display()))?;
-    let gate = Gate::from_config(&config.server)?;
-    let mode = config.socket_mode()?;
-    let activated = activated_listener()?;
-    // Refuse a live socket before touching any state.
-    if activated.is_none() && tokio::net::UnixStream::connect(&socket).await.is_ok() {
-        bail!("another berthd is already serving {}", socket.display());
-    }
 
     let (access, run_as) = workspace_access(&config, &gate)?;
     let workspaces = Workspaces::open(&state_dir, access)?;
@@ -162,7 +165,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         debug_hooks,
     });
 
-    let (supervisor, supervisor_task) =
+    let (supervisor, mut supervisor_task) =
         Actor::spawn(None, Supervisor, SupervisorArgs { ctx: ctx.clone(), state_dir: state_dir.clone() })
             .await
             .context("cannot start the supervisor")?;
@@ -198,7 +201,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let watchdog = spawn_watchdog(supervisor.clone());
 
-    wait_for_signal().await?;
+    let ended = tokio::select! {
+        signal = wait_for_signal() => {
+            signal?;
+            None
+        }
+        ended = &mut supervisor_task => Some(ended),
+    };
+    if let Some(ended) = ended {
+        // Without its actors berthd cannot serve: clean up and fail, so that systemd
+        // restarts it (`main` logs the error).
+        let how = match ended {
+            Ok(()) => "stopped".to_string(),
+            Err(e) => format!("failed ({e})"),
+        };
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        shutdown.cancel();
+        if tokio::time::timeout(config.server.shutdown_grace.0, server_task).await.is_err() {
+            tracing::warn!("connections did not close within the grace period");
+        }
+        if owns_socket {
+            let _ = std::fs::remove_file(&socket);
+        }
+        bail!("the supervisor actor {how} while berthd was serving; exiting so that it is restarted");
+    }
     tracing::info!("shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
