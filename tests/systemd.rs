@@ -81,7 +81,7 @@ fn notifies_ready_watchdog_and_stopping() {
     );
     recv_until(&sock, "READY=1", Duration::from_secs(10));
     // The socket serves once READY is sent.
-    assert_eq!(d.ok("daemon.info", json!({}))["runtime"], "local");
+    assert_eq!(d.ok("daemon.info", json!({}))["version"], env!("CARGO_PKG_VERSION"));
     // The watchdog is pinged at half the period while the supervisor answers.
     recv_until(&sock, "WATCHDOG=1", Duration::from_secs(5));
     assert_eq!(d.terminate(), 0);
