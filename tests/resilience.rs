@@ -306,3 +306,22 @@ fn running_execs_stay_cancellable_after_their_actor_panics_and_restarts() {
     assert_eq!(r["error"]["data"]["kind"], "runtime_error", "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("stopped or deleted"), "{r}");
 }
+
+#[test]
+fn a_busy_actor_is_not_retired() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("[janitor]\nretire_actors_after = \"100ms\"\n");
+    let name = d.name("busy");
+    d.ok("project.create", json!({"name": name}));
+    // Busy for 1.5 s, as in a long image pull; the supervisor looks for idle actors every
+    // 100 ms meanwhile.
+    d.ok("debug.busy", json!({"name": name, "delay_ms": 1500}));
+    std::thread::sleep(Duration::from_millis(600)); // time for several retirement rounds to pass
+                                                    // A request sent now waits for the busy actor itself; it is not parked for a
+                                                    // retirement that was asked of a busy actor.
+    let p = d.ok("project.start", json!({"name": name}));
+    assert_eq!(p["status"], "running");
+    assert_eq!(d.ok("daemon.info", json!({}))["project_actor_handoffs"], 0, "the busy actor was asked to retire");
+}

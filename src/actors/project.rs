@@ -94,6 +94,8 @@ pub enum ProjectMsg {
     /// From the supervisor: stop if idle. An actor whose project has an exec running
     /// declines (it holds that exec's cancel token).
     Retire,
+    /// Debug hook: keep the actor busy this long, as a long image pull does.
+    DebugBusy(std::time::Duration),
     /// Debug hook: panic inside the handler, to exercise supervision. The reply port is
     /// dropped by the panic, which is how the caller learns it happened.
     Panic(RpcReplyPort<()>),
@@ -702,6 +704,7 @@ impl Actor for ProjectActor {
                     me.stop(Some("idle".into()));
                 }
             }
+            ProjectMsg::DebugBusy(d) => tokio::time::sleep(d).await,
             ProjectMsg::Panic(_reply) => panic!("injected panic in the actor of project {}", st.name),
         }
         Ok(())

@@ -142,6 +142,13 @@ impl Service {
             }
             Request::DebugPanic(name) => self.debug_panic(&name).await,
             Request::DebugSupervisor(what) => self.debug_supervisor(what).await,
+            Request::DebugBusy { name, delay } => {
+                let actor = self.project(&name).await?;
+                actor
+                    .cast(ProjectMsg::DebugBusy(delay))
+                    .map_err(|e| Error::internal(format!("project {name}: {e}")))?;
+                Ok(json!({}))
+            }
             Request::DebugRetire { name, delay } => {
                 let n = name.clone();
                 let parked = ask(&self.supervisor, "the supervisor", ctx.short_timeout(), |r| {

@@ -50,10 +50,15 @@ pub enum Request {
     ArchiveStale,
     /// `debug.panic`: served only with debug hooks on.
     DebugPanic(ProjectName),
-    /// `debug.panic_supervisor` / `debug.wedge_supervisor`: served only with debug hooks on.
+    /// `debug.kill_supervisor` / `debug.wedge_supervisor`: served only with debug hooks on.
     DebugSupervisor(DebugSupervisor),
     /// `debug.retire`: a retirement of the project's actor that takes `delay`.
     DebugRetire {
+        name: ProjectName,
+        delay: Duration,
+    },
+    /// `debug.busy`: keeps the project's actor busy for `delay` (as a long pull would).
+    DebugBusy {
         name: ProjectName,
         delay: Duration,
     },
@@ -100,7 +105,8 @@ impl Request {
             | Request::Status(n)
             | Request::Path(n)
             | Request::DebugPanic(n)
-            | Request::DebugRetire { name: n, .. } => Some(n),
+            | Request::DebugRetire { name: n, .. }
+            | Request::DebugBusy { name: n, .. } => Some(n),
             Request::Delete { name, .. } | Request::Logs { name, .. } => Some(name),
             Request::Exec(e) => Some(&e.name),
             Request::Info
@@ -315,7 +321,7 @@ fn parse_request(method: &str, p: Value, config: &Config, debug_hooks: bool) -> 
         "debug.kill_supervisor" if debug_hooks => {
             params::<NoParams>(m, p).map(|_| Request::DebugSupervisor(DebugSupervisor::Panic))?
         }
-        "debug.retire" if debug_hooks => {
+        "debug.retire" | "debug.busy" if debug_hooks => {
             #[derive(Deserialize)]
             #[serde(deny_unknown_fields)]
             struct P {
@@ -323,7 +329,11 @@ fn parse_request(method: &str, p: Value, config: &Config, debug_hooks: bool) -> 
                 delay_ms: u64,
             }
             let r: P = params(m, p)?;
-            Request::DebugRetire { name: name(&r.name)?, delay: Duration::from_millis(r.delay_ms.min(60_000)) }
+            let (name, delay) = (name(&r.name)?, Duration::from_millis(r.delay_ms.min(60_000)));
+            match m {
+                "debug.retire" => Request::DebugRetire { name, delay },
+                _ => Request::DebugBusy { name, delay },
+            }
         }
         "debug.wedge_supervisor" if debug_hooks => {
             params::<NoParams>(m, p).map(|_| Request::DebugSupervisor(DebugSupervisor::Wedge))?
