@@ -1,0 +1,2 @@
+//! berth-agent: placeholder until the agent lands.
+fn main() {}
