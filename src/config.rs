@@ -64,6 +64,9 @@ pub struct ExecConfig {
     pub max_timeout: Dur,
     pub max_output: Size,
     pub auto_create: bool,
+    /// Run berth-agent as PID 1 of new containers and send execs through it (about a
+    /// millisecond each); off: every exec goes through the engine's exec API.
+    pub agent: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +167,7 @@ impl Default for ExecConfig {
             max_timeout: Dur(Duration::from_secs(86400)),
             max_output: Size(16 << 20),
             auto_create: true,
+            agent: true,
         }
     }
 }

@@ -46,14 +46,27 @@ fn create_ls_get_status_labels_network_and_path() {
     assert_eq!(docker_inspect(&container, "{{index .Config.Labels \"vega.project\"}}").unwrap(), name);
     assert_eq!(docker_inspect(&container, "{{index .Config.Labels \"vega.managed-by\"}}").unwrap(), "berth");
     assert_eq!(docker_inspect(&container, "{{.HostConfig.NetworkMode}}").unwrap(), "vega-network");
-    assert_eq!(docker_inspect(&container, "{{.HostConfig.Init}}").unwrap(), "true");
+    // berth-agent is PID 1: no Docker init, no shell keep-alive.
+    assert_eq!(docker_inspect(&container, "{{.HostConfig.Init}}").unwrap(), "false");
+    assert_eq!(docker_inspect(&container, "{{.Path}}").unwrap(), "/.berth/berth-agent");
+    assert_eq!(docker_inspect(&container, "{{index .Config.Labels \"berth.agent\"}}").unwrap(), "1");
     assert_eq!(docker_inspect(&container, "{{.State.Running}}").unwrap(), "true");
     assert_eq!(
         docker_inspect(&container, "{{(index (index .HostConfig.PortBindings \"80/tcp\") 0).HostPort}}").unwrap(),
         "18931"
     );
-    let mount = docker_inspect(&container, "{{range .Mounts}}{{.Source}}->{{.Destination}} {{.RW}}{{end}}").unwrap();
-    assert_eq!(mount, format!("{}->/workspace true", path.display()));
+    // The workspace, and berth's own mounts under /.berth/ (the agent read-only); nothing else.
+    let mounts = docker_inspect(&container, "{{range .Mounts}}{{.Source}}->{{.Destination}} {{.RW}};{{end}}").unwrap();
+    let mut mounts: Vec<&str> = mounts.split(';').filter(|m| !m.is_empty()).collect();
+    mounts.sort();
+    assert_eq!(
+        mounts,
+        vec![
+            format!("{}->/.berth/berth-agent false", d.state.join("agent/berth-agent").display()),
+            format!("{}->/.berth/run true", d.state.join("run").join(&name).display()),
+            format!("{}->/workspace true", path.display()),
+        ]
+    );
     let net_label = docker_inspect("vega-network", "{{index .Labels \"vega.managed-by\"}}").unwrap();
     assert_eq!(net_label, "berth");
 
@@ -86,12 +99,11 @@ fn create_ls_get_status_labels_network_and_path() {
     assert!(msg.starts_with("berth: ") && msg.contains(&name) && msg.contains("already exists"), "{msg}");
 }
 
-#[test]
-fn exec_passes_exit_code_streams_env_workdir_and_mount() {
+fn exec_passes_exit_code_streams_env_workdir_and_mount(path: ExecPath) {
     if !docker_available() {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::start(&path.config(""));
     let name = d.name("ex");
     d.berth_ok(&["create", &name, "--env", "A=project", "--env", "B=project"]);
 
@@ -134,12 +146,11 @@ fn exec_passes_exit_code_streams_env_workdir_and_mount() {
     assert_ne!(o.status.code(), Some(0));
 }
 
-#[test]
-fn exec_timeout_exits_124_and_kills_the_tree() {
+fn exec_timeout_exits_124_and_kills_the_tree(path: ExecPath) {
     if !docker_available() {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::start(&path.config(""));
     let name = d.name("to");
     d.berth_ok(&["create", &name]);
     let o = d.berth(&[
@@ -558,3 +569,8 @@ fn berthd_names_the_key_of_a_bad_value() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+on_both_paths!(
+    exec_passes_exit_code_streams_env_workdir_and_mount,
+    exec_timeout_exits_124_and_kills_the_tree,
+);

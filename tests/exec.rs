@@ -25,12 +25,11 @@ fn wait_gone(d: &Daemon, name: &str, gone: &str) {
     }
 }
 
-#[test]
-fn output_streams_while_the_command_runs() {
+fn output_streams_while_the_command_runs(path: ExecPath) {
     if !docker_available() {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::start(&path.config(""));
     let name = d.name("stream");
     d.ok("project.create", json!({"name": name}));
     let go = d.state.join("projects").join(&name).join("go");
@@ -60,15 +59,15 @@ fn output_streams_while_the_command_runs() {
         .collect();
     assert_eq!(format!("{seen}{more}"), "first\nsecond\n");
     assert_eq!(resp["result"]["exit_code"], 0);
+    assert_eq!(resp["result"]["path"], path.name(), "{resp}");
     assert_eq!(resp["result"]["stdout"], "", "streamed output is not repeated in the response");
 }
 
-#[test]
-fn cli_streams_live_and_forwards_stdin() {
+fn cli_streams_live_and_forwards_stdin(path: ExecPath) {
     if !docker_available() {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::start(&path.config(""));
     let name = d.name("stdin");
     d.ok("project.create", json!({"name": name}));
     let mut child = Command::new(berth_bin())
@@ -92,12 +91,11 @@ fn cli_streams_live_and_forwards_stdin() {
     assert_eq!(r["stdout"].as_str().unwrap().trim(), "3");
 }
 
-#[test]
-fn binary_output_travels_as_base64_and_the_cli_writes_the_bytes() {
+fn binary_output_travels_as_base64_and_the_cli_writes_the_bytes(path: ExecPath) {
     if !docker_available() {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::start(&path.config(""));
     let name = d.name("bin");
     d.ok("project.create", json!({"name": name}));
     let cmd = json!(["printf", "a\\377\\376b"]);
@@ -124,12 +122,11 @@ fn binary_output_travels_as_base64_and_the_cli_writes_the_bytes() {
     assert!(r.get("stdout_encoding").is_none());
 }
 
-#[test]
-fn a_disconnected_client_gets_its_command_killed() {
+fn a_disconnected_client_gets_its_command_killed(path: ExecPath) {
     if !docker_available() {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::start(&path.config(""));
     let name = d.name("hangup");
     d.ok("project.create", json!({"name": name}));
     {
@@ -145,12 +142,11 @@ fn a_disconnected_client_gets_its_command_killed() {
     wait_gone(&d, &name, "sleep 41");
 }
 
-#[test]
-fn output_beyond_the_cap_is_dropped_and_memory_stays_bounded() {
+fn output_beyond_the_cap_is_dropped_and_memory_stays_bounded(path: ExecPath) {
     if !docker_available() {
         return;
     }
-    let d = Daemon::start("[exec]\nmax_output = \"1MiB\"\n");
+    let d = Daemon::start(&path.config("[exec]\nmax_output = \"1MiB\"\n"));
     let name = d.name("flood");
     d.ok("project.create", json!({"name": name}));
     // 200 MB on stdout, then a marker on stderr: the command runs to its end.
@@ -180,12 +176,11 @@ fn output_beyond_the_cap_is_dropped_and_memory_stays_bounded() {
     assert!(rss_kib < 100 * 1024, "berthd peak RSS {rss_kib} KiB after 400 MB of output");
 }
 
-#[test]
-fn execs_in_one_project_run_concurrently_and_never_block_reads() {
+fn execs_in_one_project_run_concurrently_and_never_block_reads(path: ExecPath) {
     if !docker_available() {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::start(&path.config(""));
     let name = d.name("conc");
     let other = d.name("other");
     d.ok("project.create", json!({"name": name}));
@@ -224,12 +219,11 @@ fn execs_in_one_project_run_concurrently_and_never_block_reads() {
     assert_eq!(long.read_msg()["result"]["stdout"], "released\n");
 }
 
-#[test]
-fn stopping_a_project_fails_its_running_execs() {
+fn stopping_a_project_fails_its_running_execs(path: ExecPath) {
     if !docker_available() {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::start(&path.config(""));
     let name = d.name("stopme");
     d.ok("project.create", json!({"name": name}));
     let mut c = d.client();
@@ -324,7 +318,7 @@ fn without_local_execution_nothing_runs_on_the_host() {
     for tool in ["git", "shell"] {
         let r = d.ok("project.exec", json!({"name": name, "tool": tool, "command": ["cat", "/proc/1/cmdline"]}));
         assert_eq!(r["runtime"], "docker", "{tool}: {r}");
-        assert!(r["stdout"].as_str().unwrap().contains("docker-init"), "{tool} ran in the container: {r}");
+        assert!(r["stdout"].as_str().unwrap().contains("berth-agent"), "{tool} ran in the container: {r}");
     }
     // The CLI's --local says the same.
     let o = d.berth(&["exec", "--local", &name, "--", "true"]);
@@ -342,7 +336,7 @@ fn tools_are_routed_by_config() {
     d.ok("project.create", json!({"name": name}));
     let r = d.ok("project.exec", json!({"name": name, "tool": "shell", "command": ["cat", "/proc/1/cmdline"]}));
     assert_eq!(r["runtime"], "docker");
-    assert!(r["stdout"].as_str().unwrap().contains("docker-init"), "ran in the container: {r}");
+    assert!(r["stdout"].as_str().unwrap().contains("berth-agent"), "ran in the container: {r}");
     // An unrouted tool runs on the host, in the workspace, and never as root.
     let ws = d.state.join("projects").join(&name).canonicalize().unwrap();
     let r = d.ok("project.exec", json!({"name": name, "tool": "git", "command": ["sh", "-c", "pwd; id -u"]}));
@@ -356,12 +350,11 @@ fn tools_are_routed_by_config() {
     assert_eq!(v["runtime"], "docker");
 }
 
-#[test]
-fn commands_that_cannot_start_exit_127_or_126_with_the_reason_on_stderr() {
+fn commands_that_cannot_start_exit_127_or_126_with_the_reason_on_stderr(path: ExecPath) {
     if !docker_available() {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::start(&path.config(""));
     let name = d.name("nostart");
     d.ok("project.create", json!({"name": name}));
     // (command, exit code, words of the reason)
@@ -399,12 +392,11 @@ fn commands_that_cannot_start_exit_127_or_126_with_the_reason_on_stderr() {
     assert!(r.get("exec_error").is_none(), "{r}");
 }
 
-#[test]
-fn a_loud_command_is_killed_at_its_timeout_without_delay() {
+fn a_loud_command_is_killed_at_its_timeout_without_delay(path: ExecPath) {
     if !docker_available() {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::start(&path.config(""));
     let name = d.name("loud");
     d.ok("project.create", json!({"name": name}));
     for stream in [false, true] {
@@ -418,3 +410,15 @@ fn a_loud_command_is_killed_at_its_timeout_without_delay() {
     }
     wait_gone(&d, &name, "yes loud");
 }
+
+on_both_paths!(
+    output_streams_while_the_command_runs,
+    cli_streams_live_and_forwards_stdin,
+    binary_output_travels_as_base64_and_the_cli_writes_the_bytes,
+    a_disconnected_client_gets_its_command_killed,
+    output_beyond_the_cap_is_dropped_and_memory_stays_bounded,
+    execs_in_one_project_run_concurrently_and_never_block_reads,
+    stopping_a_project_fails_its_running_execs,
+    commands_that_cannot_start_exit_127_or_126_with_the_reason_on_stderr,
+    a_loud_command_is_killed_at_its_timeout_without_delay,
+);

@@ -711,10 +711,14 @@ fn default_containers_are_hardened() {
     assert_eq!(get("{{.HostConfig.Memory}}"), (4u64 << 30).to_string());
     assert_eq!(get("{{.HostConfig.Privileged}}"), "false");
     assert_eq!(get("{{.HostConfig.NetworkMode}}"), "vega-network");
-    assert_eq!(get("{{.HostConfig.Init}}"), "true");
+    // berth-agent is PID 1 (no Docker init); the only mounts are the workspace and
+    // berth's own under /.berth/, the agent binary read-only.
+    assert_eq!(get("{{.HostConfig.Init}}"), "false");
     assert_eq!(get("{{.HostConfig.ReadonlyRootfs}}"), "false");
-    assert_eq!(get("{{len .Mounts}}"), "1");
-    assert_eq!(get("{{range .Mounts}}{{.Destination}}{{end}}"), "/workspace");
+    let mounts = get("{{range .Mounts}}{{.Destination}}:{{.RW}} {{end}}");
+    let mut mounts: Vec<&str> = mounts.split_whitespace().collect();
+    mounts.sort();
+    assert_eq!(mounts, ["/.berth/berth-agent:false", "/.berth/run:true", "/workspace:true"]);
     // Probes from inside.
     let sh = |cmd: &str| d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", cmd]}));
     let r = sh("mkdir -p /mnt/x && mount -t tmpfs none /mnt/x");
@@ -723,8 +727,11 @@ fn default_containers_are_hardened() {
     assert_ne!(r["exit_code"], 0, "no engine socket inside: {r}");
     assert_eq!(
         sh("cat /proc/1/cmdline | tr '\\0' ' '")["stdout"].as_str().unwrap().split(' ').next(),
-        Some("/sbin/docker-init")
+        Some("/.berth/berth-agent")
     );
+    // The agent binary cannot be changed from inside.
+    let r = sh("echo x >> /.berth/berth-agent");
+    assert_ne!(r["exit_code"], 0, "the agent binary is read-only: {r}");
 }
 
 #[test]

@@ -325,6 +325,8 @@ mod tests {
             running,
             image: "busybox".into(),
             created: String::new(),
+            pid: None,
+            agent: false,
         }
     }
 

@@ -254,7 +254,8 @@ impl Service {
         })?;
         Ok(match info {
             Some(c) => {
-                json!({"container_id": c.container_id, "running": c.running, "image": c.image, "created": c.created})
+                let agent = c.running && c.agent && rt.docker.agent_answers(name).await;
+                json!({"container_id": c.container_id, "running": c.running, "image": c.image, "created": c.created, "agent": agent})
             }
             None => json!({
                 "container_id": null,
@@ -262,6 +263,7 @@ impl Service {
                 "image": p.image.as_str(),
                 "created": null,
                 "runtime": rt.primary().kind().as_str(),
+                "agent": false,
             }),
         })
     }

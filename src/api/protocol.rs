@@ -471,6 +471,9 @@ pub fn exec_result(o: &ExecOutcome, duration: Duration, runtime: RuntimeKind) ->
         "duration_ms": duration.as_millis() as u64,
         "runtime": runtime.as_str(),
     });
+    if !o.path.is_empty() {
+        v["path"] = json!(o.path);
+    }
     if let Some(why) = &o.exec_error {
         v["exec_error"] = json!(why);
     }

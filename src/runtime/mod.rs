@@ -6,6 +6,7 @@
 //! lives here so both runtimes truncate the same way. Runtimes know nothing of the
 //! registry or the actors.
 
+pub mod agent;
 pub mod docker;
 pub mod local;
 
@@ -90,6 +91,12 @@ pub struct ContainerInfo {
     pub running: bool,
     pub image: String,
     pub created: String,
+    /// The container's PID 1 as the host sees it, while it runs.
+    #[serde(skip)]
+    pub pid: Option<u32>,
+    /// Made with berth-agent as its PID 1.
+    #[serde(skip)]
+    pub agent: bool,
 }
 
 /// One command to run, validated.
@@ -141,6 +148,9 @@ pub struct ExecOutcome {
     pub kill_error: Option<String>,
     /// The budget held by `stdout` and `stderr`.
     pub hold: Reservation,
+    /// How a container exec ran: `"agent"` or `"exec"` (the engine's exec API); empty
+    /// for local runs.
+    pub path: &'static str,
 }
 
 /// Exit code reported when a command is killed at its timeout, as timeout(1) does.
@@ -171,6 +181,11 @@ pub trait Runtime: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError>;
 
     async fn logs(&self, project: &ProjectName, tail: Option<u64>) -> Result<String, RuntimeError>;
+
+    /// Whether the project's agent answers (its container runs one and it replies).
+    async fn agent_answers(&self, _project: &ProjectName) -> bool {
+        false
+    }
 
     /// Runs a command to its end, its timeout, or `cancel`; kills every process it
     /// started in the last two cases. Output is kept (or sent live) through `capture`.
@@ -347,6 +362,7 @@ impl Capture {
             exec_error: None,
             kill_error: None,
             hold: self.hold,
+            path: "",
         }
     }
 

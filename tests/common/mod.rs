@@ -337,3 +337,47 @@ impl Client {
         (m, notes)
     }
 }
+
+/// How container execs run in a test: through berth-agent or through the engine's exec
+/// API (`[exec] agent = false`). Exec tests run on both (`on_both_paths!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecPath {
+    Agent,
+    Exec,
+}
+
+impl ExecPath {
+    /// `extra` config with this path chosen.
+    pub fn config(self, extra: &str) -> String {
+        match self {
+            ExecPath::Agent => extra.to_string(),
+            ExecPath::Exec if extra.contains("[exec]\n") => extra.replacen("[exec]\n", "[exec]\nagent = false\n", 1),
+            ExecPath::Exec => format!("{extra}\n[exec]\nagent = false\n"),
+        }
+    }
+
+    /// What an ExecResult's `path` says for this path.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecPath::Agent => "agent",
+            ExecPath::Exec => "exec",
+        }
+    }
+}
+
+/// Makes each named `fn(ExecPath)` two tests, `NAME::agent` and `NAME::exec`.
+#[macro_export]
+macro_rules! on_both_paths {
+    ($($name:ident),* $(,)?) => {
+        $(mod $name {
+            #[test]
+            fn agent() {
+                super::$name($crate::common::ExecPath::Agent)
+            }
+            #[test]
+            fn exec() {
+                super::$name($crate::common::ExecPath::Exec)
+            }
+        })*
+    };
+}

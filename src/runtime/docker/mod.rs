@@ -29,6 +29,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, Runtime, RuntimeError, RuntimeKind};
+use super::agent::{AgentConn, AgentError, AgentExecError, Agents, AGENT_IN_CONTAINER, RUN_IN_CONTAINER, SOCKET_IN_CONTAINER};
 use crate::config::Config;
 
 mod exec;
@@ -98,11 +99,38 @@ pub struct DockerRuntime {
     settings: DockerSettings,
     client: Mutex<Option<Docker>>,
     network_ready: AtomicBool,
+    /// berth-agent: new containers run it as PID 1 and execs go through it; `None` makes
+    /// every container the old way (a shell keep-alive) and every exec an engine exec.
+    agents: Option<Arc<Agents>>,
 }
 
+/// How long a freshly started container's agent gets to answer.
+const AGENT_START_WAIT: Duration = Duration::from_secs(3);
+
+/// The label that marks a container made with berth-agent as its PID 1.
+pub const AGENT_LABEL: &str = "berth.agent";
+
 impl DockerRuntime {
-    pub fn new(settings: DockerSettings) -> Arc<Self> {
-        Arc::new(Self { settings, client: Mutex::new(None), network_ready: AtomicBool::new(false) })
+    pub fn new(settings: DockerSettings, agents: Option<Arc<Agents>>) -> Arc<Self> {
+        Arc::new(Self { settings, client: Mutex::new(None), network_ready: AtomicBool::new(false), agents })
+    }
+
+    /// The connection to the project's agent, when its container runs one that answers
+    /// as its PID 1.
+    async fn agent_for(&self, project: &ProjectName) -> Result<Arc<AgentConn>, AgentError> {
+        let Some(agents) = &self.agents else { return Err(AgentError::Unavailable("the agent is off".into())) };
+        if let Some(c) = agents.cached(project) {
+            return Ok(c);
+        }
+        let docker = self.client().await.map_err(|e| AgentError::Unavailable(e.to_string()))?;
+        let info = self.inspect_raw(&docker, project).await.map_err(|e| AgentError::Unavailable(e.to_string()))?;
+        match info {
+            Some(ContainerInfo { running: true, agent: true, pid: Some(pid), .. }) => agents.connect(project, pid).await,
+            Some(ContainerInfo { agent: false, .. }) => {
+                Err(AgentError::Unavailable(format!("the container of project {project} was made without the agent")))
+            }
+            _ => Err(AgentError::Unavailable(format!("the container of project {project} is not running"))),
+        }
     }
 
     pub fn container_name(project: &ProjectName) -> String {
@@ -312,12 +340,26 @@ impl DockerRuntime {
         }
     }
 
-    fn create_body(&self, spec: &ContainerSpec<'_>) -> ContainerCreateBody {
+    /// The container's settings; `agent`: with berth-agent (binary and run dir under
+    /// `/.berth/`) as PID 1, else Docker's init and the shell keep-alive.
+    fn create_body(&self, spec: &ContainerSpec<'_>, agent: Option<(&Path, &Path)>) -> ContainerCreateBody {
         let s = &self.settings;
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (s.label_project.clone(), spec.project.to_string()),
             (s.label_managed_by.clone(), MANAGED_BY.to_string()),
         ]);
+        // The workspace is the only mount besides berth's own, which live under /.berth/;
+        // the engine's socket never is.
+        let mut binds = vec![format!("{}:/workspace:rw", spec.workspace.display())];
+        let (init, entrypoint) = match agent {
+            Some((binary, run)) => {
+                labels.insert(AGENT_LABEL.into(), "1".into());
+                binds.push(format!("{}:{AGENT_IN_CONTAINER}:ro", binary.display()));
+                binds.push(format!("{}:{RUN_IN_CONTAINER}:rw", run.display()));
+                (false, vec![AGENT_IN_CONTAINER.to_string(), "--socket".into(), SOCKET_IN_CONTAINER.into()])
+            }
+            None => (true, vec!["/bin/sh".into(), "-c".into(), KEEPALIVE.into()]),
+        };
         let mut port_bindings = HashMap::new();
         let mut exposed = Vec::new();
         for (container, host) in spec.ports.iter() {
@@ -340,10 +382,9 @@ impl DockerRuntime {
             }
         };
         let host_config = HostConfig {
-            init: Some(true),
+            init: Some(init),
             network_mode: Some(if offline { "none".into() } else { s.network.clone() }),
-            // The workspace is the only mount; the engine's socket never is.
-            binds: Some(vec![format!("{}:/workspace:rw", spec.workspace.display())]),
+            binds: Some(binds),
             port_bindings: if offline { None } else { Some(port_bindings) },
             security_opt: Some(vec!["no-new-privileges".into()]),
             privileged: Some(false),
@@ -369,7 +410,7 @@ impl DockerRuntime {
                 Profile::Default => None,
             },
             image: Some(spec.image.to_string()),
-            entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), KEEPALIVE.into()]),
+            entrypoint: Some(entrypoint),
             cmd: Some(vec![]),
             env: Some(spec.env.to_docker()),
             labels: Some(labels),
@@ -405,12 +446,16 @@ impl DockerRuntime {
                         source.unwrap_or_else(|| "none".into())
                     )));
                 }
+                let state = c.state.unwrap_or_default();
                 Ok(Some(ContainerInfo {
                     container_id: c.id.unwrap_or_default(),
                     project: labels.get(&self.settings.label_project).cloned(),
-                    running: c.state.and_then(|s| s.running).unwrap_or(false),
+                    // A container the restart policy keeps restarting is not running.
+                    running: state.running.unwrap_or(false) && !state.restarting.unwrap_or(false),
                     image: config.image.unwrap_or_default(),
                     created: c.created.map(|d| d.to_string()).unwrap_or_default(),
+                    pid: state.pid.filter(|p| *p > 0).map(|p| p as u32),
+                    agent: labels.get(AGENT_LABEL).map(String::as_str) == Some("1"),
                 }))
             }
             Ok(Err(e)) if Self::is_not_found(&e) => Ok(None),
@@ -419,6 +464,54 @@ impl DockerRuntime {
                 "inspecting {name}: no answer within {:?}",
                 self.settings.api_timeout
             ))),
+        }
+    }
+
+    async fn create_raw(&self, docker: &Docker, name: &str, body: ContainerCreateBody) -> Result<(), RuntimeError> {
+        let opts = CreateContainerOptionsBuilder::new().name(name).build();
+        match tokio::time::timeout(self.settings.api_timeout, docker.create_container(Some(opts), body)).await {
+            Ok(Ok(_)) => Ok(()),
+            // Made by a racing call a moment ago: fine, start it.
+            Ok(Err(e)) if Self::is_conflict(&e) => Ok(()),
+            Ok(Err(e)) => Err(self.fail(e).await),
+            Err(_) => Err(RuntimeError::Timeout(format!(
+                "creating {name}: no answer within {:?}",
+                self.settings.api_timeout
+            ))),
+        }
+    }
+
+    async fn remove_raw(&self, docker: &Docker, name: &str) -> Result<(), RuntimeError> {
+        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        match tokio::time::timeout(self.settings.api_timeout, docker.remove_container(name, Some(opts))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if Self::is_not_found(&e) => Ok(()),
+            // 409: removal already in progress.
+            Ok(Err(e)) if Self::is_conflict(&e) => Ok(()),
+            Ok(Err(e)) => Err(self.fail(e).await),
+            Err(_) => Err(RuntimeError::Timeout(format!(
+                "removing {name}: no answer within {:?}",
+                self.settings.api_timeout
+            ))),
+        }
+    }
+
+    /// Waits (briefly) until the project's freshly started agent answers; false at once
+    /// if its container stopped (the agent cannot run in the image).
+    async fn agent_comes_up(&self, project: &ProjectName) -> bool {
+        let (Some(agents), Ok(docker)) = (&self.agents, self.client().await) else { return false };
+        let deadline = tokio::time::Instant::now() + AGENT_START_WAIT;
+        loop {
+            let pid = match self.inspect_raw(&docker, project).await {
+                Ok(Some(ContainerInfo { running: true, pid: Some(pid), .. })) => pid,
+                _ => return false,
+            };
+            match agents.connect(project, pid).await {
+                Ok(_) => return true,
+                Err(AgentError::Forged(_)) => return false,
+                Err(_) if tokio::time::Instant::now() >= deadline => return false,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
         }
     }
 
@@ -449,26 +542,37 @@ impl Runtime for DockerRuntime {
     async fn ensure_running(&self, spec: &ContainerSpec<'_>) -> Result<Option<ContainerInfo>, RuntimeError> {
         let docker = self.client().await?;
         let name = Self::container_name(spec.project);
-        match self.inspect_raw(&docker, spec.project).await? {
+        let with_agent = match self.inspect_raw(&docker, spec.project).await? {
             Some(info) if info.running => return Ok(Some(info)),
-            Some(_) => self.start_raw(&docker, &name).await?,
+            Some(info) => {
+                self.start_raw(&docker, &name).await?;
+                info.agent
+            }
             None => {
                 self.ensure_network(&docker).await?;
                 self.ensure_image(&docker, spec.image.as_str()).await?;
-                let opts = CreateContainerOptionsBuilder::new().name(&name).build();
-                let body = self.create_body(spec);
-                match tokio::time::timeout(self.settings.api_timeout, docker.create_container(Some(opts), body)).await {
-                    Ok(Ok(_)) => {}
-                    // Made by a racing call a moment ago: fine, start it below.
-                    Ok(Err(e)) if Self::is_conflict(&e) => {}
-                    Ok(Err(e)) => return Err(self.fail(e).await),
-                    Err(_) => {
-                        return Err(RuntimeError::Timeout(format!(
-                            "creating {name}: no answer within {:?}",
-                            self.settings.api_timeout
-                        )))
+                let agent = match &self.agents {
+                    Some(a) => {
+                        let run = a.run_dir(spec.project).map_err(|e| {
+                            RuntimeError::Io(format!("agent run dir of project {}: {e}", spec.project))
+                        })?;
+                        Some((a.binary().to_path_buf(), run))
                     }
-                }
+                    None => None,
+                };
+                let body = self.create_body(spec, agent.as_ref().map(|(b, r)| (b.as_path(), r.as_path())));
+                self.create_raw(&docker, &name, body).await?;
+                self.start_raw(&docker, &name).await?;
+                agent.is_some()
+            }
+        };
+        if with_agent && !self.agent_comes_up(spec.project).await {
+            let stopped = !self.inspect_raw(&docker, spec.project).await?.is_some_and(|i| i.running);
+            if stopped {
+                // The agent cannot run in this image: fall back to the old way, never fail.
+                tracing::warn!(project = %spec.project, image = %spec.image, "berth-agent did not start in this image; re-creating the container without it");
+                self.remove_raw(&docker, &name).await?;
+                self.create_raw(&docker, &name, self.create_body(spec, None)).await?;
                 self.start_raw(&docker, &name).await?;
             }
         }
@@ -488,6 +592,9 @@ impl Runtime for DockerRuntime {
         if self.inspect_raw(&docker, project).await?.is_none() {
             return Ok(());
         }
+        if let Some(a) = &self.agents {
+            a.forget(project);
+        }
         let t = self.settings.stop_timeout.as_secs() as i32;
         let opts = StopContainerOptionsBuilder::new().t(t).build();
         let budget = self.settings.api_timeout + self.settings.stop_timeout;
@@ -504,20 +611,13 @@ impl Runtime for DockerRuntime {
     async fn remove(&self, project: &ProjectName) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
         let name = Self::container_name(project);
-        if self.inspect_raw(&docker, project).await?.is_none() {
-            return Ok(());
+        if self.inspect_raw(&docker, project).await?.is_some() {
+            self.remove_raw(&docker, &name).await?;
         }
-        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
-        match tokio::time::timeout(self.settings.api_timeout, docker.remove_container(&name, Some(opts))).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) if Self::is_not_found(&e) => Ok(()),
-            // 409: removal already in progress.
-            Ok(Err(e)) if Self::is_conflict(&e) => Ok(()),
-            Ok(Err(e)) => Err(self.fail(e).await),
-            Err(_) => {
-                Err(RuntimeError::Timeout(format!("removing {name}: no answer within {:?}", self.settings.api_timeout)))
-            }
+        if let Some(a) = &self.agents {
+            a.remove_run_dir(project);
         }
+        Ok(())
     }
 
     async fn inspect(&self, project: &ProjectName) -> Result<Option<ContainerInfo>, RuntimeError> {
@@ -546,6 +646,8 @@ impl Runtime for DockerRuntime {
                         .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
                         .map(crate::model::rfc3339)
                         .unwrap_or_default(),
+                    pid: None,
+                    agent: labels.get(AGENT_LABEL).map(String::as_str) == Some("1"),
                 }
             })
             .collect())
@@ -579,7 +681,30 @@ impl Runtime for DockerRuntime {
         capture: Capture,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, RuntimeError> {
-        exec::run(self, project, spec, capture, cancel).await
+        // Through the agent where the container has one that answers; otherwise (a
+        // container made before the agent, an image it cannot run in, an agent that is
+        // gone) through the engine's exec, and the result says which.
+        match self.agent_for(project).await {
+            Ok(conn) => {
+                return conn.exec(spec, capture, cancel).await.map_err(|e| match e {
+                    AgentExecError::Workdir(m) => RuntimeError::InvalidWorkdir(m),
+                    AgentExecError::Start(m) => RuntimeError::Engine(m),
+                    AgentExecError::Agent(a) => RuntimeError::Engine(a.to_string()),
+                })
+            }
+            Err(AgentError::Forged(why)) => tracing::warn!(%project, %why, "using the exec path"),
+            Err(e) => tracing::debug!(%project, error = %e, "using the exec path"),
+        }
+        let mut o = exec::run(self, project, spec, capture, cancel).await?;
+        o.path = "exec";
+        Ok(o)
+    }
+
+    async fn agent_answers(&self, project: &ProjectName) -> bool {
+        match self.agent_for(project).await {
+            Ok(conn) => conn.ping(Duration::from_secs(2)).await,
+            Err(_) => false,
+        }
     }
 }
 

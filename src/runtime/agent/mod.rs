@@ -1,0 +1,368 @@
+//! berthd's side of berth-agent: install the binary, connect to a project's agent,
+//! prove that what answers is that project's container, and multiplex execs over one
+//! connection per project.
+//!
+//! The agent listens on `<state_dir>/run/<project>/agent.sock` (bind-mounted at
+//! `/.berth/run` in the container). A process in the container can replace that file
+//! with a symlink or a listener of its own, so the socket is checked not to be a link,
+//! and after connecting the peer's pid (SO_PEERCRED, taken when it called `listen`) must
+//! be the container's PID 1, which is the agent: a symlink to another project's agent,
+//! to the engine or to anything on the host is refused before a byte is written, and a
+//! forged listener inside the container costs at most that project's own results.
+//! Nothing here imports bollard: the docker runtime hands over the container's pid.
+
+mod exec;
+
+pub use exec::AgentExecError;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_wire::{Decoder, Frame, VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::model::ProjectName;
+use crate::workspace::Access;
+
+/// The agent binary berthd carries, built static by `build.rs`.
+const AGENT: &[u8] = include_bytes!(env!("BERTH_AGENT_BIN"));
+
+/// Where the agent and its socket are inside a container.
+pub const AGENT_IN_CONTAINER: &str = "/.berth/berth-agent";
+pub const RUN_IN_CONTAINER: &str = "/.berth/run";
+pub const SOCKET_IN_CONTAINER: &str = "/.berth/run/agent.sock";
+const SOCKET_NAME: &str = "agent.sock";
+
+/// How long connecting and the hello exchange may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    /// Nothing usable answers (no socket yet, refused, not a socket): use the exec path.
+    #[error("no agent answers: {0}")]
+    Unavailable(String),
+    /// Something answered that is not this project's agent.
+    #[error("{0}")]
+    Forged(String),
+    /// The connection died while a command ran.
+    #[error("{0}")]
+    Lost(String),
+    #[error("agent protocol: {0}")]
+    Protocol(String),
+}
+
+/// The installed agent binary, the per-project run dirs, and the live connections.
+pub struct Agents {
+    binary: PathBuf,
+    run: PathBuf,
+    access: Access,
+    conns: Mutex<HashMap<ProjectName, Arc<AgentConn>>>,
+}
+
+impl Agents {
+    /// Writes the embedded agent to `<state_dir>/agent/berth-agent` (replaced atomically
+    /// when it differs; running containers keep the file they mounted) and makes `run/`.
+    pub fn install(state_dir: &Path, access: Access) -> io::Result<Agents> {
+        let dir = state_dir.join("agent");
+        make_private_dir(&dir, 0o711)?;
+        let binary = dir.join("berth-agent");
+        if std::fs::read(&binary).ok().as_deref() != Some(AGENT) {
+            let tmp = dir.join(format!(".berth-agent.{}", std::process::id()));
+            std::fs::write(&tmp, AGENT)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::rename(&tmp, &binary)?;
+        }
+        let run = state_dir.join("run");
+        make_private_dir(&run, 0o711)?;
+        Ok(Agents { binary, run, access, conns: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// The project's run dir, made (owned by the workspace owner, so a container running
+    /// as that user can bind its socket there) if missing.
+    pub fn run_dir(&self, project: &ProjectName) -> io::Result<PathBuf> {
+        let dir = self.run.join(project.as_str());
+        make_private_dir(&dir, 0o700)?;
+        std::os::unix::fs::lchown(&dir, Some(self.access.uid), Some(self.access.gid))?;
+        Ok(dir)
+    }
+
+    /// Removes a deleted project's run dir.
+    pub fn remove_run_dir(&self, project: &ProjectName) {
+        self.forget(project);
+        let dir = self.run.join(project.as_str());
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// The live connection to the project's agent, if there is one.
+    pub fn cached(&self, project: &ProjectName) -> Option<Arc<AgentConn>> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.get(project).filter(|c| !c.closed.is_cancelled()).cloned()
+    }
+
+    pub fn forget(&self, project: &ProjectName) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = conns.remove(project) {
+            c.closed.cancel();
+        }
+    }
+
+    /// Connects to the agent of the project whose container's PID 1 is `container_pid`
+    /// (reusing a live connection to that same agent).
+    pub async fn connect(&self, project: &ProjectName, container_pid: u32) -> Result<Arc<AgentConn>, AgentError> {
+        if let Some(c) = self.cached(project).filter(|c| c.agent_pid == container_pid) {
+            return Ok(c);
+        }
+        let sock = self.run.join(project.as_str()).join(SOCKET_NAME);
+        let conn = AgentConn::open(project, &sock, container_pid).await?;
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = conns.insert(project.clone(), conn.clone()) {
+            if !Arc::ptr_eq(&old, &conn) {
+                old.closed.cancel();
+            }
+        }
+        Ok(conn)
+    }
+}
+
+fn make_private_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let m = std::fs::symlink_metadata(dir)?;
+            if m.file_type().is_symlink() || !m.is_dir() {
+                return Err(io::Error::other(format!("{} is a symlink or not a directory", dir.display())));
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// What the reader task hands to one exec.
+#[derive(Debug)]
+enum Event {
+    Frame(Frame),
+}
+
+/// One connection to one project's agent, shared by that project's execs.
+pub struct AgentConn {
+    project: ProjectName,
+    /// The agent's pid as the host sees it (the container's PID 1).
+    agent_pid: u32,
+    out: mpsc::UnboundedSender<Frame>,
+    calls: Mutex<HashMap<u32, mpsc::UnboundedSender<Event>>>,
+    pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    next_id: AtomicU32,
+    closed: CancellationToken,
+}
+
+impl AgentConn {
+    async fn open(project: &ProjectName, sock: &Path, container_pid: u32) -> Result<Arc<AgentConn>, AgentError> {
+        let unavailable = |why: String| AgentError::Unavailable(format!("project {project}: {why}"));
+        // Never through a link a container planted (the peer check below is what decides;
+        // this refuses the obvious cases without connecting at all).
+        let meta = std::fs::symlink_metadata(sock).map_err(|e| unavailable(format!("{}: {e}", sock.display())))?;
+        if !meta.file_type().is_socket() {
+            return Err(unavailable(format!("{} is not a socket; not connecting", sock.display())));
+        }
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(sock))
+            .await
+            .map_err(|_| unavailable(format!("{} did not accept within {CONNECT_TIMEOUT:?}", sock.display())))?
+            .map_err(|e| unavailable(format!("{}: {e}", sock.display())))?;
+        let peer = stream.peer_cred().map_err(|e| unavailable(format!("peer credentials: {e}")))?;
+        match peer.pid() {
+            Some(pid) if pid as u32 == container_pid => {}
+            other => {
+                let who = other.map(|p| format!("pid {p}")).unwrap_or_else(|| "an unknown process".into());
+                tracing::warn!(project = %project, peer = %who, agent = container_pid, "refused a forged agent socket");
+                return Err(AgentError::Forged(format!(
+                    "the agent socket of project {project} is answered by {who}, not its container's agent (pid \
+                     {container_pid}); refusing it"
+                )));
+            }
+        }
+        let (mut read, mut write) = stream.into_split();
+        let hello = Frame::Hello { version: VERSION, pid: std::process::id() };
+        let mut decoder = Decoder::new();
+        let handshake = async {
+            write.write_all(&hello.to_bytes()).await?;
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                if let Some(f) = decoder.next_frame()? {
+                    return Ok::<_, io::Error>(f);
+                }
+                let n = read.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                decoder.push(&buf[..n]);
+            }
+        };
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .map_err(|_| unavailable("the agent sent no hello in time".into()))?
+            .map_err(|e| unavailable(format!("hello: {e}")))?;
+        match first {
+            Frame::Hello { version, .. } if version == VERSION => {}
+            Frame::Hello { version, .. } => {
+                return Err(AgentError::Protocol(format!(
+                    "project {project}'s agent speaks version {version}, berthd speaks {VERSION}"
+                )))
+            }
+            other => return Err(AgentError::Protocol(format!("expected hello, got {other:?}"))),
+        }
+        let (out, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(AgentConn {
+            project: project.clone(),
+            agent_pid: container_pid,
+            out,
+            calls: Mutex::new(HashMap::new()),
+            pings: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(1),
+            closed: CancellationToken::new(),
+        });
+        tokio::spawn(write_loop(write, rx, conn.closed.clone()));
+        conn.spawn_reader(read, decoder);
+        Ok(conn)
+    }
+
+    /// Starts the reader; separate from `open` so that the reader can hold an `Arc`.
+    fn spawn_reader(self: &Arc<Self>, read: tokio::net::unix::OwnedReadHalf, decoder: Decoder) {
+        let me = Arc::downgrade(self);
+        let closed = self.closed.clone();
+        tokio::spawn(async move {
+            let why = read_loop(read, decoder, &me, &closed).await;
+            closed.cancel();
+            if let Some(me) = me.upgrade() {
+                tracing::debug!(project = %me.project, %why, "agent connection closed");
+                // Every exec waiting on this connection learns it is gone.
+                me.calls.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                me.pings.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            }
+        });
+    }
+
+    fn send(&self, f: Frame) -> Result<(), AgentError> {
+        self.out.send(f).map_err(|_| AgentError::Lost(format!("the connection to project {}'s agent is closed", self.project)))
+    }
+
+    /// Registers a new command and returns its id and where its events arrive.
+    fn register(&self) -> (u32, mpsc::UnboundedReceiver<Event>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        (id, rx)
+    }
+
+    fn unregister(&self, id: u32) {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    /// Whether the agent answers a ping within `within`.
+    pub async fn ping(&self, within: Duration) -> bool {
+        let nonce = u64::from(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        self.pings.lock().unwrap_or_else(|p| p.into_inner()).insert(nonce, tx);
+        if self.send(Frame::Ping { nonce }).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(within, rx).await, Ok(Ok(())))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+}
+
+impl Drop for AgentConn {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+async fn write_loop(
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+    closed: CancellationToken,
+) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        let first = tokio::select! {
+            f = rx.recv() => f,
+            _ = closed.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        buf.clear();
+        first.encode(&mut buf);
+        // Whatever else is queued goes out in the same write.
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(f) => f.encode(&mut buf),
+                Err(_) => break,
+            }
+        }
+        if write.write_all(&buf).await.is_err() {
+            break;
+        }
+    }
+    closed.cancel();
+    let _ = write.shutdown().await;
+}
+
+async fn read_loop(
+    mut read: tokio::net::unix::OwnedReadHalf,
+    mut decoder: Decoder,
+    conn: &std::sync::Weak<AgentConn>,
+    closed: &CancellationToken,
+) -> String {
+    let mut buf = vec![0u8; 128 * 1024];
+    loop {
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return format!("bad frame from the agent: {e}"),
+            };
+            let Some(conn) = conn.upgrade() else { return "connection dropped".into() };
+            match frame {
+                Frame::Pong { nonce } => {
+                    if let Some(tx) = conn.pings.lock().unwrap_or_else(|p| p.into_inner()).remove(&nonce) {
+                        let _ = tx.send(());
+                    }
+                }
+                Frame::Error { message } => return format!("the agent said: {message}"),
+                f @ (Frame::Output { .. } | Frame::Exited { .. } | Frame::Failed { .. }) => {
+                    let id = f.id().unwrap_or(0);
+                    let calls = conn.calls.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(tx) = calls.get(&id) {
+                        let _ = tx.send(Event::Frame(f));
+                    }
+                }
+                other => return format!("unexpected frame from the agent: {other:?}"),
+            }
+        }
+        let n = tokio::select! {
+            r = read.read(&mut buf) => match r {
+                Ok(0) => return "the agent closed the connection".into(),
+                Ok(n) => n,
+                Err(e) => return format!("reading from the agent: {e}"),
+            },
+            _ = closed.cancelled() => return "closed by berthd".into(),
+        };
+        decoder.push(&buf[..n]);
+    }
+}
