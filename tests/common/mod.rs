@@ -381,3 +381,24 @@ macro_rules! on_both_paths {
         })*
     };
 }
+
+/// An image with nothing but a static `/busybox`: no `/bin/sh`, no libc.
+pub const NOSHELL_IMAGE: &str = "berth-test/noshell:latest";
+
+/// Builds `NOSHELL_IMAGE` if missing (the engine must answer).
+pub fn noshell_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let built = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/image/build.sh"))
+            .args(["--no-shell", NOSHELL_IMAGE])
+            .status()
+            .expect("run tests/image/build.sh");
+        assert!(built.success(), "building {NOSHELL_IMAGE} failed");
+    });
+    NOSHELL_IMAGE
+}
+
+/// The host pid of a running container's PID 1.
+pub fn container_pid(name: &str) -> u32 {
+    docker_inspect(name, "{{.State.Pid}}").and_then(|p| p.parse().ok()).filter(|p| *p > 0).expect("a running container")
+}
