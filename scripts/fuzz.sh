@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Runs the request-decoding fuzzer for a bounded time (default 60 s).
-#   scripts/fuzz.sh [SECONDS]
+# Runs the fuzzers for a bounded time each (default 60 s): `decode` (socket requests) and
+# `wire` (the agent protocol's frames).
+#   scripts/fuzz.sh [SECONDS] [TARGET...]
 # Needs cargo-fuzz (`cargo install cargo-fuzz`). cargo-fuzz wants a nightly compiler;
 # with only a stable toolchain, RUSTC_BOOTSTRAP=1 lets stable accept the flags it passes.
 # Findings land in fuzz/artifacts/decode/; the corpus grows in fuzz/corpus/decode/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(decode wire)
 command -v cargo-fuzz >/dev/null 2>&1 || { echo "install cargo-fuzz first: cargo install cargo-fuzz" >&2; exit 1; }
 mkdir -p fuzz/corpus/decode
 # Seed the corpus with real requests.
@@ -20,4 +24,7 @@ for line in \
   printf '%s' "$line" >"fuzz/corpus/decode/seed-$i"
   i=$((i + 1))
 done
-RUSTC_BOOTSTRAP=1 cargo fuzz run decode fuzz/corpus/decode -- -max_total_time="$secs" -max_len=4096
+mkdir -p fuzz/corpus/wire
+for t in "${targets[@]}"; do
+  RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "fuzz/corpus/$t" -- -max_total_time="$secs" -max_len=4096
+done
