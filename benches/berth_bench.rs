@@ -53,6 +53,12 @@ fn main() {
         if wants("reconcile") {
             reconcile(&docker).await;
         }
+        if wants("agent") {
+            agent(&docker).await;
+        }
+        if wants("session") {
+            session(&docker).await;
+        }
     });
 }
 
@@ -235,13 +241,28 @@ async fn raw_exec(docker: &Docker, container: &str, cmd: &[&str]) -> i64 {
     }
 }
 
-/// Runs `total` execs with `conc` workers; returns per-exec latencies and the wall time.
+/// Runs `total` execs of `true` with `conc` workers, raw (with `docker`) or through berth
+/// over the engine's exec path; returns per-exec latencies and the wall time.
 async fn run_load(
     conc: usize,
     total: usize,
     projects: &Arc<Vec<String>>,
     docker: Option<&Docker>,
     socket: &Path,
+) -> (Vec<Duration>, Duration) {
+    run_cmd(conc, total, projects, docker, socket, &["true"], "exec").await
+}
+
+/// Runs `total` execs of `cmd` with `conc` workers: raw when `docker` is given, else
+/// through berth on `path` (`"agent"` or `"exec"`).
+async fn run_cmd(
+    conc: usize,
+    total: usize,
+    projects: &Arc<Vec<String>>,
+    docker: Option<&Docker>,
+    socket: &Path,
+    cmd: &'static [&'static str],
+    path: &'static str,
 ) -> (Vec<Duration>, Duration) {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let lat = Arc::new(Mutex::new(Vec::with_capacity(total)));
@@ -261,10 +282,11 @@ async fn run_load(
                 let p = &projects[i % projects.len()];
                 let t = Instant::now();
                 match (&docker, client.as_mut()) {
-                    (Some(d), _) => assert_eq!(raw_exec(d, &format!("berth-{p}"), &["true"]).await, 0),
+                    (Some(d), _) => assert_eq!(raw_exec(d, &format!("berth-{p}"), cmd).await, 0),
                     (None, Some(c)) => {
-                        let r = c.ok("project.exec", json!({"name": p, "command": ["true"]})).await;
+                        let r = c.ok("project.exec", json!({"name": p, "command": cmd, "path": path})).await;
                         assert_eq!(r["exit_code"], 0);
+                        assert_eq!(r["path"], path, "{r}");
                     }
                     _ => unreachable!(),
                 }
@@ -290,7 +312,7 @@ async fn exec_and_status(docker: &Docker, wants: &dyn Fn(&str) -> bool) {
     }
     let projects = Arc::new(projects);
     if wants("exec") {
-        println!("\n## exec: `true` in 8 projects, berth over the socket vs raw bollard exec");
+        println!("\n## exec: `true` in 8 projects, berth's engine exec path over the socket vs raw bollard exec");
         println!("| concurrency | execs | raw p50 | berth p50 | p50 ratio | raw p99 | berth p99 | raw exec/s | berth exec/s | throughput ratio |");
         println!("|---|---|---|---|---|---|---|---|---|---|");
         // Warm both paths.
@@ -490,5 +512,184 @@ async fn reconcile(docker: &Docker) {
     println!("| ratio berth / raw list | {:.2} |", berth[2].as_secs_f64() / list[2].as_secs_f64());
     println!("| ratio berth / raw inspects | {:.2} |", berth[2].as_secs_f64() / inspects[2].as_secs_f64());
     drop(c);
+    d.stop();
+}
+
+// ---------------------------------------------------------------- the agent
+
+/// `echo hi` in 8 projects: berth through berth-agent vs berth through the engine's exec
+/// API vs raw bollard exec, the same containers, interleaved in small blocks.
+async fn agent(docker: &Docker) {
+    let mut d = Daemon::new("");
+    d.start().await;
+    let mut c = Client::connect(&d.socket).await.unwrap();
+    let projects: Vec<String> = (0..8).map(|i| d.name(&format!("a{i}"))).collect();
+    for p in &projects {
+        c.ok("project.create", json!({"name": p})).await;
+    }
+    let projects = Arc::new(projects);
+    const ECHO: &[&str] = &["echo", "hi"];
+    println!("\n## agent: `echo hi` in 8 projects — berth via berth-agent vs berth via the engine's exec vs raw bollard exec");
+    println!("| concurrency | execs per side | raw p50 | exec-path p50 | agent p50 | raw p50 / agent p50 | raw p99 | exec-path p99 | agent p99 | raw exec/s | agent exec/s | agent / raw throughput |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    run_cmd(4, 40, &projects, Some(docker), &d.socket, ECHO, "exec").await;
+    run_cmd(4, 40, &projects, None, &d.socket, ECHO, "exec").await;
+    run_cmd(4, 400, &projects, None, &d.socket, ECHO, "agent").await;
+    for (conc, total) in [(1usize, 300usize), (32, 640)] {
+        let block = (conc * 4).max(20);
+        let mut lat: [Vec<Duration>; 3] = Default::default();
+        let mut wall = [Duration::ZERO; 3];
+        for i in 0..total.div_ceil(block) {
+            for k in 0..3 {
+                let side = (i + k) % 3;
+                let (l, w) = match side {
+                    0 => run_cmd(conc, block, &projects, Some(docker), &d.socket, ECHO, "exec").await,
+                    1 => run_cmd(conc, block, &projects, None, &d.socket, ECHO, "exec").await,
+                    _ => run_cmd(conc, block, &projects, None, &d.socket, ECHO, "agent").await,
+                };
+                lat[side].extend(l);
+                wall[side] += w;
+            }
+        }
+        let [raw, exe, ag] = [0, 1, 2].map(|i| stats(std::mem::take(&mut lat[i]), wall[i]));
+        println!(
+            "| {conc} | {total} | {} | {} | {} | {:.1}x | {} | {} | {} | {:.0} | {:.0} | {:.1}x |",
+            ms(raw.p50),
+            ms(exe.p50),
+            ms(ag.p50),
+            raw.p50.as_secs_f64() / ag.p50.as_secs_f64(),
+            ms(raw.p99),
+            ms(exe.p99),
+            ms(ag.p99),
+            raw.per_sec,
+            ag.per_sec,
+            ag.per_sec / raw.per_sec
+        );
+    }
+    d.stop();
+}
+
+const SESSION_IMAGE: &str = "berth-bench/bookworm-python:latest";
+
+/// A minimal Debian with python3, built once with debootstrap (about a minute).
+fn session_image() -> bool {
+    let have = || {
+        Command::new("docker")
+            .args(["image", "inspect", SESSION_IMAGE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if have() {
+        return true;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ok = Command::new("debootstrap")
+        .args(["--variant=minbase", "--include=python3-minimal", "bookworm"])
+        .arg(&root)
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        println!("(session: debootstrap failed or is missing: apt-get install debootstrap)");
+        return false;
+    }
+    let tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(Stdio::piped()).spawn().unwrap();
+    let status = Command::new("docker")
+        .args(["import", "-", SESSION_IMAGE])
+        .stdin(tar.stdout.unwrap())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    status.success()
+}
+
+/// The 120 commands of an agent-like session: look around, read, search, compute.
+fn session_commands() -> Vec<Vec<String>> {
+    let mut cmds = Vec::new();
+    for i in 0..24 {
+        let f = format!("src/mod{}.py", i % 6);
+        cmds.push(vec!["sh".into(), "-c".into(), "cd /workspace/src && ls".into()]);
+        cmds.push(vec!["ls".into(), "-la".into(), "/workspace/src".into()]);
+        cmds.push(vec!["cat".into(), f.clone()]);
+        cmds.push(vec!["grep".into(), "-rn".into(), format!("def f{}", i % 5), "/workspace/src".into()]);
+        cmds.push(vec!["python3".into(), "-c".into(), format!("print(sum(range({})))", 1000 + i)]);
+    }
+    cmds
+}
+
+/// The same 120-command session through berth (via the agent) and through docker-py's
+/// `exec_run` on the same container.
+async fn session(docker: &Docker) {
+    println!("\n## session: 120 agent-like commands (cd+ls, ls, cat, grep, python3 -c), one after another");
+    if !session_image() {
+        return;
+    }
+    let py = PathBuf::from(std::env::var("BERTH_BENCH_PYTHON").unwrap_or_else(|_| "python3".into()));
+    let has_docker_py =
+        Command::new(&py).args(["-c", "import docker"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !has_docker_py {
+        println!(
+            "(session: no docker-py for {}: pip install docker, or set BERTH_BENCH_PYTHON to a venv's python)",
+            py.display()
+        );
+        return;
+    }
+    let mut d = Daemon::new("");
+    d.start().await;
+    let mut c = Client::connect(&d.socket).await.unwrap();
+    let name = d.name("session");
+    c.ok("project.create", json!({"name": name, "image": SESSION_IMAGE})).await;
+    let src = d.state.join("projects").join(&name).join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for m in 0..6 {
+        let body: String = (0..40).map(|k| format!("def f{}(x):\n    return x * {k}\n\n", k % 5)).collect();
+        std::fs::write(src.join(format!("mod{m}.py")), body).unwrap();
+    }
+    let cmds = session_commands();
+    let script = r#"
+import json, sys, time, docker
+client = docker.from_env()
+c = client.containers.get(sys.argv[1])
+cmds = json.load(open(sys.argv[2]))
+t = time.monotonic()
+for cmd in cmds:
+    r = c.exec_run(cmd, workdir="/workspace")
+    assert r.exit_code == 0, (cmd, r)
+print(time.monotonic() - t)
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.py"), script).unwrap();
+    std::fs::write(dir.path().join("cmds.json"), serde_json::to_string(&cmds).unwrap()).unwrap();
+    let run_py = || {
+        let out = Command::new(&py)
+            .arg(dir.path().join("s.py"))
+            .arg(format!("berth-{name}"))
+            .arg(dir.path().join("cmds.json"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker-py session: {}", String::from_utf8_lossy(&out.stderr));
+        Duration::from_secs_f64(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+    };
+    let _ = docker;
+    println!("| run | docker-py exec_run | berth (agent) | speedup |\n|---|---|---|---|");
+    for run in 1..=3 {
+        let py_t = run_py();
+        let t = Instant::now();
+        for cmd in &cmds {
+            let r = c.ok("project.exec", json!({"name": name, "command": cmd, "workdir": "/workspace"})).await;
+            assert_eq!(r["exit_code"], 0, "{cmd:?}: {r}");
+            assert_eq!(r["path"], "agent");
+        }
+        let b_t = t.elapsed();
+        println!(
+            "| {run} | {:.0} ms | {:.0} ms | {:.1}x |",
+            py_t.as_secs_f64() * 1e3,
+            b_t.as_secs_f64() * 1e3,
+            py_t.as_secs_f64() / b_t.as_secs_f64()
+        );
+    }
     d.stop();
 }

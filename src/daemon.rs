@@ -29,8 +29,8 @@ use crate::actors::{ask, Ctx, RegistryHandle};
 use crate::api::handler::Service;
 use crate::api::server::{self, Gate, Server};
 use crate::config::{self, Config};
-use crate::runtime::docker::{DockerRuntime, DockerSettings};
 use crate::runtime::agent::Agents;
+use crate::runtime::docker::{DockerRuntime, DockerSettings};
 use crate::runtime::local::LocalRuntime;
 use crate::runtime::Runtimes;
 use crate::workspace::{Access, Workspaces};
@@ -152,12 +152,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let workspaces = Workspaces::open(&state_dir, access)?;
     let agents = match config.exec.agent {
         true => Some(Arc::new(
-            Agents::install(&state_dir, access).with_context(|| format!("installing berth-agent in {}", state_dir.display()))?,
+            Agents::install(&state_dir, access)
+                .with_context(|| format!("installing berth-agent in {}", state_dir.display()))?,
         )),
         false => None,
     };
-    let docker =
-        DockerRuntime::new(DockerSettings::from_config(&config, &state_dir, (access.uid, access.gid)), agents);
+    let docker = DockerRuntime::new(DockerSettings::from_config(&config, &state_dir, (access.uid, access.gid)), agents);
     let runtimes = Runtimes::new(docker, Arc::new(LocalRuntime { run_as }));
     if !runtimes.refresh().await {
         say_no_engine(&config, run_as);

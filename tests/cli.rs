@@ -570,7 +570,4 @@ fn berthd_names_the_key_of_a_bad_value() {
     }
 }
 
-on_both_paths!(
-    exec_passes_exit_code_streams_env_workdir_and_mount,
-    exec_timeout_exits_124_and_kills_the_tree,
-);
+on_both_paths!(exec_passes_exit_code_streams_env_workdir_and_mount, exec_timeout_exits_124_and_kills_the_tree,);

@@ -393,6 +393,7 @@ impl Service {
             env: lease.project.env.merged(&e.env),
             timeout: e.timeout.unwrap_or(cfg.default_timeout.0),
             stdin: e.stdin.clone(),
+            engine_exec: e.engine_exec,
         };
         let runtime = match lease.runtime {
             RuntimeKind::Docker => &self.ctx.runtimes.docker,

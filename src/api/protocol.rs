@@ -127,6 +127,8 @@ pub struct ExecRequest {
     pub timeout: Option<Duration>,
     pub stdin: Option<Bytes>,
     pub stream: bool,
+    /// `path: "exec"`: skip the agent and use the engine's exec API (for comparison).
+    pub engine_exec: bool,
     pub local: bool,
     pub tool: Option<String>,
 }
@@ -191,6 +193,8 @@ struct ExecParams {
     /// Binary stdin, base64-encoded; an extension beside the text `stdin`.
     stdin_base64: Option<String>,
     stream: Option<bool>,
+    /// Extension: `"agent"` (the default: the agent where there is one) or `"exec"`.
+    path: Option<String>,
     local: Option<bool>,
     tool: Option<String>,
 }
@@ -381,6 +385,13 @@ fn parse_exec(e: ExecParams, config: &Config) -> Result<ExecRequest, Error> {
         timeout,
         stdin,
         stream: e.stream.unwrap_or(false),
+        engine_exec: match e.path.as_deref() {
+            None | Some("agent") => false,
+            Some("exec") => true,
+            Some(other) => {
+                return Err(Error::invalid_params(format!("invalid path {other:?}: must be \"agent\" or \"exec\"")))
+            }
+        },
         local: e.local.unwrap_or(false),
         tool: e.tool,
     })

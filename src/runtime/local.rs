@@ -222,6 +222,7 @@ mod tests {
             env: EnvMap::parse_pairs(["GREETING=hi"]).unwrap(),
             timeout: Duration::from_secs(10),
             stdin: None,
+            engine_exec: false,
         }
     }
 

@@ -108,6 +108,8 @@ pub struct ExecSpec {
     pub env: EnvMap,
     pub timeout: Duration,
     pub stdin: Option<Bytes>,
+    /// Use the engine's exec API even where an agent answers.
+    pub engine_exec: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

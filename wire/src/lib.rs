@@ -66,21 +66,52 @@ pub struct Start {
 pub enum Frame {
     /// First frame each way: the version spoken and the sender's pid (in its own pid
     /// namespace).
-    Hello { version: u16, pid: u32 },
+    Hello {
+        version: u16,
+        pid: u32,
+    },
     Start(Start),
-    Stdin { id: u32, data: Vec<u8> },
-    StdinEnd { id: u32 },
-    Output { id: u32, stream: Stream, data: Vec<u8> },
-    Ack { id: u32, bytes: u32 },
+    Stdin {
+        id: u32,
+        data: Vec<u8>,
+    },
+    StdinEnd {
+        id: u32,
+    },
+    Output {
+        id: u32,
+        stream: Stream,
+        data: Vec<u8>,
+    },
+    Ack {
+        id: u32,
+        bytes: u32,
+    },
     /// The command ended: its exit code, or the signal that ended it (`signal > 0`).
-    Exited { id: u32, code: i32, signal: i32 },
-    Failed { id: u32, reason: FailReason, message: String },
+    Exited {
+        id: u32,
+        code: i32,
+        signal: i32,
+    },
+    Failed {
+        id: u32,
+        reason: FailReason,
+        message: String,
+    },
     /// Kill the command and every process it started.
-    Kill { id: u32 },
-    Ping { nonce: u64 },
-    Pong { nonce: u64 },
+    Kill {
+        id: u32,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
     /// A protocol error; the sender closes the connection after it.
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 mod kind {
@@ -105,7 +136,10 @@ pub enum WireError {
     TooShort(usize),
     UnknownKind(u8),
     /// The payload ended before a field, or had bytes left over, or a field was invalid.
-    Malformed { kind: u8, why: &'static str },
+    Malformed {
+        kind: u8,
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for WireError {
@@ -504,7 +538,8 @@ mod tests {
         unknown[4] = 200;
         assert_eq!(decode(&unknown), Err(WireError::UnknownKind(200)));
         // A list count far beyond its payload.
-        let mut lying = Frame::Start(Start { id: 1, argv: vec![], env: vec![], workdir: vec![], stdin: false }).to_bytes();
+        let mut lying =
+            Frame::Start(Start { id: 1, argv: vec![], env: vec![], workdir: vec![], stdin: false }).to_bytes();
         lying[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(decode(&lying), Err(WireError::Malformed { .. })));
         // Every truncation of every frame is "need more", every corruption of its length

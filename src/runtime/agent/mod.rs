@@ -257,7 +257,9 @@ impl AgentConn {
     }
 
     fn send(&self, f: Frame) -> Result<(), AgentError> {
-        self.out.send(f).map_err(|_| AgentError::Lost(format!("the connection to project {}'s agent is closed", self.project)))
+        self.out
+            .send(f)
+            .map_err(|_| AgentError::Lost(format!("the connection to project {}'s agent is closed", self.project)))
     }
 
     /// Registers a new command and returns its id and where its events arrive.

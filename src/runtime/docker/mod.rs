@@ -28,8 +28,10 @@ use futures_util::StreamExt;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::agent::{
+    AgentConn, AgentError, AgentExecError, Agents, AGENT_IN_CONTAINER, RUN_IN_CONTAINER, SOCKET_IN_CONTAINER,
+};
 use super::{Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, Runtime, RuntimeError, RuntimeKind};
-use super::agent::{AgentConn, AgentError, AgentExecError, Agents, AGENT_IN_CONTAINER, RUN_IN_CONTAINER, SOCKET_IN_CONTAINER};
 use crate::config::Config;
 
 mod exec;
@@ -125,7 +127,9 @@ impl DockerRuntime {
         let docker = self.client().await.map_err(|e| AgentError::Unavailable(e.to_string()))?;
         let info = self.inspect_raw(&docker, project).await.map_err(|e| AgentError::Unavailable(e.to_string()))?;
         match info {
-            Some(ContainerInfo { running: true, agent: true, pid: Some(pid), .. }) => agents.connect(project, pid).await,
+            Some(ContainerInfo { running: true, agent: true, pid: Some(pid), .. }) => {
+                agents.connect(project, pid).await
+            }
             Some(ContainerInfo { agent: false, .. }) => {
                 Err(AgentError::Unavailable(format!("the container of project {project} was made without the agent")))
             }
@@ -474,10 +478,9 @@ impl DockerRuntime {
             // Made by a racing call a moment ago: fine, start it.
             Ok(Err(e)) if Self::is_conflict(&e) => Ok(()),
             Ok(Err(e)) => Err(self.fail(e).await),
-            Err(_) => Err(RuntimeError::Timeout(format!(
-                "creating {name}: no answer within {:?}",
-                self.settings.api_timeout
-            ))),
+            Err(_) => {
+                Err(RuntimeError::Timeout(format!("creating {name}: no answer within {:?}", self.settings.api_timeout)))
+            }
         }
     }
 
@@ -489,10 +492,9 @@ impl DockerRuntime {
             // 409: removal already in progress.
             Ok(Err(e)) if Self::is_conflict(&e) => Ok(()),
             Ok(Err(e)) => Err(self.fail(e).await),
-            Err(_) => Err(RuntimeError::Timeout(format!(
-                "removing {name}: no answer within {:?}",
-                self.settings.api_timeout
-            ))),
+            Err(_) => {
+                Err(RuntimeError::Timeout(format!("removing {name}: no answer within {:?}", self.settings.api_timeout)))
+            }
         }
     }
 
@@ -553,9 +555,9 @@ impl Runtime for DockerRuntime {
                 self.ensure_image(&docker, spec.image.as_str()).await?;
                 let agent = match &self.agents {
                     Some(a) => {
-                        let run = a.run_dir(spec.project).map_err(|e| {
-                            RuntimeError::Io(format!("agent run dir of project {}: {e}", spec.project))
-                        })?;
+                        let run = a
+                            .run_dir(spec.project)
+                            .map_err(|e| RuntimeError::Io(format!("agent run dir of project {}: {e}", spec.project)))?;
                         Some((a.binary().to_path_buf(), run))
                     }
                     None => None,
@@ -684,7 +686,11 @@ impl Runtime for DockerRuntime {
         // Through the agent where the container has one that answers; otherwise (a
         // container made before the agent, an image it cannot run in, an agent that is
         // gone) through the engine's exec, and the result says which.
-        match self.agent_for(project).await {
+        let agent = match spec.engine_exec {
+            true => Err(AgentError::Unavailable("the request asked for the exec path".into())),
+            false => self.agent_for(project).await,
+        };
+        match agent {
             Ok(conn) => {
                 return conn.exec(spec, capture, cancel).await.map_err(|e| match e {
                     AgentExecError::Workdir(m) => RuntimeError::InvalidWorkdir(m),
