@@ -211,3 +211,26 @@ fn the_container_log_stays_small_after_thousands_of_execs() {
     let logs = d.ok("project.logs", json!({"name": name}))["logs"].as_str().unwrap().len();
     assert!(logs < 1024, "the container log grew to {logs} bytes");
 }
+
+#[test]
+fn a_container_made_before_the_agent_keeps_the_exec_path_until_it_is_re_created() {
+    if !docker_available() {
+        return;
+    }
+    let mut d = Daemon::start("[exec]\nagent = false\n");
+    let name = d.name("legacy");
+    d.ok("project.create", json!({"name": name}));
+    let container = format!("berth-{name}");
+    assert_eq!(docker_inspect(&container, "{{.HostConfig.Init}}").unwrap(), "true", "made the old way");
+    // The same state dir, now with the agent on.
+    d.kill9();
+    std::fs::write(&d.config, format!("[docker]\ndefault_image = \"{IMAGE}\"\n")).unwrap();
+    d.spawn();
+    let r = d.ok("project.exec", json!({"name": name, "command": ["echo", "old"]}));
+    assert_eq!((r["stdout"].as_str(), r["path"].as_str()), (Some("old\n"), Some("exec")), "{r}");
+    assert_eq!(d.ok("project.status", json!({"name": name}))["agent"], false);
+    // Re-created (here: removed behind berth's back), it moves to the agent.
+    docker(&["rm", "-f", &container]);
+    let r = d.ok("project.exec", json!({"name": name, "command": ["echo", "new"]}));
+    assert_eq!((r["stdout"].as_str(), r["path"].as_str()), (Some("new\n"), Some("agent")), "{r}");
+}
