@@ -311,6 +311,26 @@ pub struct Project {
     pub limits: Limits,
 }
 
+#[cfg(test)]
+impl Project {
+    /// A plain project for unit tests: image `busybox`, no env, ports or limits.
+    pub fn sample(name: &str, status: Status, at: OffsetDateTime) -> Project {
+        Project {
+            name: ProjectName::parse(name).expect("a valid test name"),
+            description: String::new(),
+            image: ImageRef::parse("busybox").expect("a valid image"),
+            created: at,
+            last_used: at,
+            status,
+            env: Default::default(),
+            ports: Default::default(),
+            path: PathBuf::new(),
+            pending: None,
+            limits: Default::default(),
+        }
+    }
+}
+
 /// A journaled multi-step change of a project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pending {

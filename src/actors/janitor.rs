@@ -299,23 +299,10 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::model::{ImageRef, Pending};
+    use crate::model::Pending;
 
     fn row(name: &str, status: Status) -> Project {
-        let now = OffsetDateTime::now_utc();
-        Project {
-            name: ProjectName::parse(name).unwrap(),
-            description: String::new(),
-            image: ImageRef::parse("busybox").unwrap(),
-            created: now,
-            last_used: now,
-            status,
-            env: Default::default(),
-            ports: Default::default(),
-            path: Default::default(),
-            pending: None,
-            limits: Default::default(),
-        }
+        Project::sample(name, status, OffsetDateTime::now_utc())
     }
 
     fn container(name: &str, running: bool) -> ContainerInfo {

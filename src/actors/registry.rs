@@ -148,24 +148,11 @@ mod tests {
 
     use super::*;
     use crate::error::ErrorKind;
-    use crate::model::{ImageRef, Status};
+    use crate::model::Status;
     use crate::store::Store;
 
     fn project(name: &str) -> Project {
-        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-        Project {
-            name: ProjectName::parse(name).unwrap(),
-            description: String::new(),
-            image: ImageRef::parse("busybox").unwrap(),
-            created: now,
-            last_used: now,
-            status: Status::Running,
-            env: Default::default(),
-            ports: Default::default(),
-            path: PathBuf::new(),
-            pending: None,
-            limits: Default::default(),
-        }
+        Project::sample(name, Status::Running, OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap())
     }
 
     async fn call<R: Send + 'static>(

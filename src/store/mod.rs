@@ -342,17 +342,11 @@ mod tests {
     fn project(name: &str) -> Project {
         let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
         Project {
-            name: ProjectName::parse(name).unwrap(),
             description: "d".into(),
-            image: ImageRef::parse("busybox").unwrap(),
-            created: now,
-            last_used: now,
-            status: Status::Creating,
             env: EnvMap::parse_pairs(["A=1"]).unwrap(),
             ports: PortMap::parse_pairs(["8080:80"]).unwrap(),
-            path: PathBuf::new(),
-            pending: None,
             limits: crate::model::Limits { offline: Some(true), ..Default::default() },
+            ..Project::sample(name, Status::Creating, now)
         }
     }
 
