@@ -596,14 +596,14 @@ fn session_image() -> bool {
         println!("(session: debootstrap failed or is missing: apt-get install debootstrap)");
         return false;
     }
-    let tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(Stdio::piped()).spawn().unwrap();
     let status = Command::new("docker")
         .args(["import", "-", SESSION_IMAGE])
-        .stdin(tar.stdout.unwrap())
+        .stdin(tar.stdout.take().unwrap())
         .stdout(Stdio::null())
         .status()
         .unwrap();
-    status.success()
+    tar.wait().is_ok_and(|s| s.success()) && status.success()
 }
 
 /// The 120 commands of an agent-like session: look around, read, search, compute.
