@@ -1,0 +1,213 @@
+//! One connection from berthd: the handshake, then one reader (this thread) that decodes
+//! frames and routes them to commands by id, and one writer thread that alone writes the
+//! socket, so frames never interleave. Owns the connection's id table; when the
+//! connection ends, for whatever reason, every command started on it is killed.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufReader, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+
+use berth_wire::{read_frame, FailReason, Frame, Start, MAX_FRAME, VERSION};
+
+use crate::command::{self, BaseEnv, Handle, Msg};
+use crate::sys;
+
+/// What the writer thread is asked to do.
+pub enum Out {
+    /// Write these bytes (one or more encoded frames).
+    Frame(Vec<u8>),
+    /// Write what came before, then shut the socket down.
+    Close,
+}
+
+pub type Outbox = Sender<Out>;
+
+struct Running {
+    handle: Handle,
+    stdin_open: bool,
+}
+
+/// Command ids of this connection. Finished ids are kept so that late frames for them
+/// (an `Ack` or `Kill` crossing `Exited` on the wire) are ignored, and reuse is refused.
+#[derive(Default)]
+struct Ids {
+    running: HashMap<u32, Running>,
+    finished: HashSet<u32>,
+}
+
+/// Why the connection ends.
+enum End {
+    /// The peer hung up or the socket failed: nothing more to say.
+    Gone,
+    /// The peer broke the protocol: tell it why, then close.
+    Protocol(String),
+}
+
+struct Conn {
+    out: Outbox,
+    ids: Arc<Mutex<Ids>>,
+    env: BaseEnv,
+}
+
+/// Serves one connection until it ends.
+pub fn serve(stream: UnixStream, env: BaseEnv) {
+    let Ok(w) = stream.try_clone() else { return };
+    let (out, rx) = mpsc::channel();
+    if thread::Builder::new().name("writer".into()).spawn(move || write_loop(w, rx)).is_err() {
+        return;
+    }
+    let conn = Conn { out, ids: Default::default(), env };
+    conn.frame(Frame::Hello { version: VERSION, pid: sys::getpid() as u32 });
+    let mut r = BufReader::with_capacity(64 * 1024, stream);
+    let end: Result<(), End> = conn.handshake(&mut r).and_then(|()| loop {
+        conn.dispatch(next(&mut r)?)?;
+    });
+    if let Err(End::Protocol(message)) = end {
+        conn.frame(Frame::Error { message });
+    }
+    let _ = conn.out.send(Out::Close);
+    for r in conn.ids().running.values() {
+        r.handle.send(Msg::Kill);
+    }
+}
+
+fn next(r: &mut BufReader<UnixStream>) -> Result<Frame, End> {
+    match read_frame(r) {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(End::Gone),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(End::Protocol(e.to_string())),
+        Err(_) => Err(End::Gone),
+    }
+}
+
+impl Conn {
+    fn frame(&self, f: Frame) {
+        let _ = self.out.send(Out::Frame(f.to_bytes()));
+    }
+
+    fn ids(&self) -> MutexGuard<'_, Ids> {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn handshake(&self, r: &mut BufReader<UnixStream>) -> Result<(), End> {
+        match next(r)? {
+            Frame::Hello { version, .. } if version == VERSION => Ok(()),
+            Frame::Hello { version, .. } => Err(End::Protocol(format!(
+                "berth-agent speaks protocol version {VERSION}, the peer speaks version {version}"
+            ))),
+            other => Err(End::Protocol(format!("expected hello first, got {}", kind(&other)))),
+        }
+    }
+
+    fn dispatch(&self, f: Frame) -> Result<(), End> {
+        match f {
+            Frame::Start(s) => self.start(s),
+            Frame::Stdin { id, data } => self.route(id, "stdin", |r| match r.stdin_open {
+                true => Ok(Msg::Stdin(data)),
+                false => Err(format!("stdin for command {id}, whose stdin is not open")),
+            }),
+            Frame::StdinEnd { id } => self.route(id, "stdin end", |r| match std::mem::take(&mut r.stdin_open) {
+                true => Ok(Msg::StdinEnd),
+                false => Err(format!("stdin end for command {id}, whose stdin is not open")),
+            }),
+            Frame::Ack { id, bytes } => self.route(id, "ack", |_| Ok(Msg::Ack(bytes))),
+            Frame::Kill { id } => self.route(id, "kill", |_| Ok(Msg::Kill)),
+            Frame::Ping { nonce } => {
+                self.frame(Frame::Pong { nonce });
+                Ok(())
+            }
+            Frame::Error { .. } => Err(End::Gone),
+            other => Err(End::Protocol(format!("unexpected {} from berthd", kind(&other)))),
+        }
+    }
+
+    fn start(&self, s: Start) -> Result<(), End> {
+        let mut ids = self.ids();
+        let id = s.id;
+        if ids.running.contains_key(&id) || ids.finished.contains(&id) {
+            return Err(End::Protocol(format!("duplicate command id {id}")));
+        }
+        let stdin_open = s.stdin;
+        let table = self.ids.clone();
+        let done = Box::new(move || {
+            let mut ids = table.lock().unwrap_or_else(|e| e.into_inner());
+            ids.running.remove(&id);
+            ids.finished.insert(id);
+        });
+        match command::start(s, self.env.clone(), self.out.clone(), done) {
+            Ok(handle) => {
+                ids.running.insert(id, Running { handle, stdin_open });
+            }
+            Err(e) => {
+                ids.finished.insert(id);
+                let message = format!("cannot start a thread for the command: {e}");
+                self.frame(Frame::Failed { id, reason: FailReason::Other, message });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a command the message `f` makes of its entry; ignores finished commands;
+    /// an id never started is a protocol error.
+    fn route(&self, id: u32, what: &str, f: impl FnOnce(&mut Running) -> Result<Msg, String>) -> Result<(), End> {
+        let mut ids = self.ids();
+        if let Some(r) = ids.running.get_mut(&id) {
+            let m = f(r).map_err(End::Protocol)?;
+            r.handle.send(m);
+            Ok(())
+        } else if ids.finished.contains(&id) {
+            Ok(())
+        } else {
+            Err(End::Protocol(format!("{what} for unknown command id {id}")))
+        }
+    }
+}
+
+fn kind(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello { .. } => "hello",
+        Frame::Start(_) => "start",
+        Frame::Stdin { .. } => "stdin",
+        Frame::StdinEnd { .. } => "stdin end",
+        Frame::Output { .. } => "output",
+        Frame::Ack { .. } => "ack",
+        Frame::Exited { .. } => "exited",
+        Frame::Failed { .. } => "failed",
+        Frame::Kill { .. } => "kill",
+        Frame::Ping { .. } => "ping",
+        Frame::Pong { .. } => "pong",
+        Frame::Error { .. } => "error",
+    }
+}
+
+/// The only writer of the socket. Batches whatever is queued into one write. After a
+/// write error or `Close` it keeps draining the queue (so senders never block) but
+/// writes nothing more; it ends when every sender is gone.
+fn write_loop(mut s: UnixStream, rx: Receiver<Out>) {
+    let mut open = true;
+    let mut buf = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut close = false;
+        let mut next = Some(first);
+        while let Some(o) = next {
+            match o {
+                Out::Frame(b) if !close => buf.extend_from_slice(&b),
+                Out::Frame(_) => {}
+                Out::Close => close = true,
+            }
+            next = if buf.len() < MAX_FRAME { rx.try_recv().ok() } else { None };
+        }
+        if open && !buf.is_empty() && s.write_all(&buf).is_err() {
+            close = true;
+        }
+        buf.clear();
+        if open && close {
+            let _ = s.shutdown(Shutdown::Both);
+            open = false;
+        }
+    }
+}

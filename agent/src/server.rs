@@ -1,0 +1,51 @@
+//! The listening socket: replaces a stale socket file (and nothing else) at the path,
+//! binds with mode 0600, and accepts connections forever, one thread each.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use crate::command::BaseEnv;
+use crate::conn;
+use crate::sys;
+
+/// Binds the agent's socket at `path`.
+pub fn listen(path: &Path) -> io::Result<UnixListener> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // Created 0600 from the start, not chmod-ed after a moment of being open to all.
+    let old = sys::umask(0o177);
+    let bound = UnixListener::bind(path);
+    sys::umask(old);
+    let listener = bound.map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts connections forever.
+pub fn serve(listener: UnixListener, env: BaseEnv) -> ! {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let env = env.clone();
+                // Without a thread the connection is dropped: berthd sees it close.
+                let _ = thread::Builder::new().name("conn".into()).spawn(move || conn::serve(stream, env));
+            }
+            // Out of descriptors or memory: back off a little instead of spinning.
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The per-command shim (`berth-agent --shim WORKDIR ARGV...`): a single-threaded process
+//! the agent re-executes for every command. It becomes a child subreaper, enters the
+//! working directory, spawns the command on the descriptors 0–2 it was given, and then
+//! waits for it: it alone reaps the command (so its status is never stolen) and every
+//! orphan the command leaves, and on request freezes and kills the whole tree. It speaks
+//! to the agent only over the control channel on descriptor 3 (see `ctl`); it never
+//! writes to its own stdout or stderr, which belong to the command.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+use berth_wire::FailReason;
+
+use crate::ctl::{FromShim, ToShim, SHIM_FD};
+use crate::proctree;
+use crate::sys::{self, pid_t, SigSet};
+
+/// Runs the shim; returns its exit code.
+pub fn main(args: &[OsString]) -> i32 {
+    let ctl = unsafe_adopt_ctl();
+    if sys::set_cloexec(ctl.as_raw_fd()).is_err() {
+        return 125;
+    }
+    // The shim must outlive every signal the command's process group may receive.
+    SigSet::full().block();
+    sys::setsid();
+    let _ = sys::set_child_subreaper();
+    let report = |m: FromShim| {
+        let _ = sys::send(ctl.as_raw_fd(), &m.encode());
+    };
+    let Some((workdir, argv)) = args.split_first() else {
+        report(FromShim::Failed(FailReason::Other, "the shim needs a working directory and a command".into()));
+        return 125;
+    };
+    let sigchld = match SigSet::of(&[libc::SIGCHLD]).signalfd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            report(FromShim::Failed(FailReason::Other, format!("signalfd: {e}")));
+            return 125;
+        }
+    };
+    match start(workdir, argv) {
+        Err((reason, message)) => {
+            report(FromShim::Failed(reason, message));
+            0
+        }
+        Ok(main) => Shim { ctl, sigchld, main, status: None, reported: false }.run(),
+    }
+}
+
+/// Takes ownership of the control channel the agent put on descriptor 3.
+fn unsafe_adopt_ctl() -> OwnedFd {
+    // SAFETY: the agent always spawns the shim with its end of the channel on fd 3, and
+    // nothing else in this process owns that descriptor.
+    unsafe { OwnedFd::from_raw_fd(SHIM_FD) }
+}
+
+/// Enters the working directory and spawns the command: its pid, or why not.
+fn start(workdir: &OsString, argv: &[OsString]) -> Result<pid_t, (FailReason, String)> {
+    let other = |m: String| (FailReason::Other, m);
+    if !workdir.is_empty() {
+        let dir = sys::cstring(workdir.as_bytes(), "the working directory").map_err(other)?;
+        sys::chdir(&dir).map_err(|e| {
+            (FailReason::BadWorkdir, format!("working directory {}: {}", workdir.to_string_lossy(), plain(&e)))
+        })?;
+    }
+    let Some(program) = argv.first() else { return Err(other("empty command".into())) };
+    let argv: Vec<CString> =
+        argv.iter().map(|a| sys::cstring(a.as_bytes(), "an argument")).collect::<Result<_, _>>().map_err(other)?;
+    sys::spawn(&argv[0], &argv, None, &[], true)
+        .map_err(|e| (classify(&e), format!("{}: {}", program.to_string_lossy(), plain(&e))))
+}
+
+/// Why an exec failed, in the protocol's terms.
+pub fn classify(e: &io::Error) -> FailReason {
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR) => FailReason::NotFound,
+        Some(libc::EACCES | libc::EPERM | libc::ENOEXEC | libc::EISDIR) => FailReason::NotExecutable,
+        _ => FailReason::Other,
+    }
+}
+
+/// An OS error's text without Rust's " (os error N)" suffix.
+fn plain(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_lowercase(),
+        None => s,
+    }
+}
+
+struct Shim {
+    ctl: OwnedFd,
+    sigchld: OwnedFd,
+    main: pid_t,
+    status: Option<libc::c_int>,
+    reported: bool,
+}
+
+impl Shim {
+    fn run(mut self) -> i32 {
+        // The command holds the real standard streams now; ours must not keep its pipes open.
+        sys::null_std_fds();
+        let mut buf = [0u8; 64];
+        loop {
+            let mut fds =
+                [sys::pollfd(self.ctl.as_raw_fd(), libc::POLLIN), sys::pollfd(self.sigchld.as_raw_fd(), libc::POLLIN)];
+            if sys::poll(&mut fds, None).is_err() {
+                continue;
+            }
+            if fds[1].revents != 0 {
+                sys::signalfd_drain(&self.sigchld);
+                self.reap();
+            }
+            if fds[0].revents == 0 {
+                continue;
+            }
+            let msg = match sys::recv(self.ctl.as_raw_fd(), &mut buf) {
+                Ok(0) => None,
+                Ok(n) => ToShim::decode(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => None,
+            };
+            match msg {
+                Some(ToShim::Signal(sig)) => {
+                    for p in proctree::descendants(sys::getpid()) {
+                        let _ = sys::kill(p, sig);
+                    }
+                }
+                Some(ToShim::Release) if self.reported => return 0,
+                Some(ToShim::Release) => {}
+                // Kill, or the agent is gone (end of file): nobody is left to answer for
+                // the command, so it goes too.
+                Some(ToShim::Kill) | None => {
+                    self.kill_tree();
+                    return 0;
+                }
+            }
+        }
+    }
+
+    /// Reaps every exited child; reports the command's status the first time it shows.
+    fn reap(&mut self) {
+        while let Some((pid, status)) = sys::reap_one() {
+            if pid == self.main {
+                self.status = Some(status);
+            }
+        }
+        if let (Some(status), false) = (self.status, self.reported) {
+            let (code, signal) = sys::decode_status(status);
+            let _ = sys::send(self.ctl.as_raw_fd(), &FromShim::Exited { code, signal }.encode());
+            self.reported = true;
+        }
+    }
+
+    /// Freezes and kills every descendant, over and over until none is left: a process
+    /// forked between a scan and the kill is orphaned to us (the subreaper) and found by
+    /// the next scan. Then reports the command's status.
+    fn kill_tree(&mut self) {
+        let me = sys::getpid();
+        loop {
+            let mut frozen = Vec::new();
+            loop {
+                let fresh: Vec<pid_t> = proctree::descendants(me).into_iter().filter(|p| !frozen.contains(p)).collect();
+                if fresh.is_empty() {
+                    break;
+                }
+                for &p in &fresh {
+                    let _ = sys::kill(p, libc::SIGSTOP);
+                }
+                frozen.extend(fresh);
+            }
+            if frozen.is_empty() {
+                break;
+            }
+            for &p in &frozen {
+                let _ = sys::kill(p, libc::SIGKILL);
+            }
+            // Give the kernel a moment to turn them into zombies before looking again.
+            let mut fds = [sys::pollfd(self.sigchld.as_raw_fd(), libc::POLLIN)];
+            let _ = sys::poll(&mut fds, Some(Duration::from_millis(20)));
+            sys::signalfd_drain(&self.sigchld);
+            self.reap();
+        }
+        self.reap();
+        if !self.reported {
+            // The command was already reaped by someone else: impossible for a child of
+            // ours, but report something rather than nothing.
+            let _ = sys::send(self.ctl.as_raw_fd(), &FromShim::Exited { code: 0, signal: libc::SIGKILL }.encode());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_errors_map_to_reasons() {
+        let cases = [
+            (libc::ENOENT, FailReason::NotFound),
+            (libc::ENOTDIR, FailReason::NotFound),
+            (libc::EACCES, FailReason::NotExecutable),
+            (libc::ENOEXEC, FailReason::NotExecutable),
+            (libc::E2BIG, FailReason::Other),
+            (libc::ENOMEM, FailReason::Other),
+        ];
+        for (errno, want) in cases {
+            assert_eq!(classify(&io::Error::from_raw_os_error(errno)), want, "errno {errno}");
+        }
+        assert_eq!(plain(&io::Error::from_raw_os_error(libc::ENOENT)), "no such file or directory");
+    }
+}

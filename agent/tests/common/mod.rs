@@ -1,0 +1,270 @@
+//! Test harness: starts the real `berth-agent` binary on a socket in a fresh temporary
+//! directory, speaks the wire protocol to it, and looks at processes through `/proc`.
+//! Dropping an `Agent` kills every process under it, so a failing test leaves nothing.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use berth_wire::{read_frame, write_frame, FailReason, Frame, Start, Stream, VERSION};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("berth-agent-test-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Agent {
+    pub child: Child,
+    pub dir: TempDir,
+    pub sock: PathBuf,
+}
+
+impl Agent {
+    pub fn start() -> Agent {
+        Agent::start_with(&[])
+    }
+
+    pub fn start_with(env: &[(&str, &str)]) -> Agent {
+        let dir = TempDir::new();
+        let sock = dir.path().join("agent.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_berth-agent"))
+            .arg("--socket")
+            .arg(&sock)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.path().join("agent.out")).unwrap())
+            .stderr(fs::File::create(dir.path().join("agent.err")).unwrap())
+            .spawn()
+            .unwrap();
+        let agent = Agent { child, dir, sock };
+        assert!(wait_until(Duration::from_secs(10), || agent.sock.exists()), "the agent never made its socket");
+        agent
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn connect(&self) -> Client {
+        let mut c = self.connect_raw();
+        match c.recv() {
+            Frame::Hello { version, pid } => {
+                assert_eq!(version, VERSION);
+                assert_eq!(pid, self.child.id());
+            }
+            other => panic!("expected hello, got {other:?}"),
+        }
+        c.send(&Frame::Hello { version: VERSION, pid: std::process::id() });
+        c
+    }
+
+    pub fn connect_raw(&self) -> Client {
+        let s = UnixStream::connect(&self.sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Client { s }
+    }
+
+    /// What the agent wrote to its own stdout and stderr.
+    pub fn own_output(&self) -> String {
+        let out = fs::read_to_string(self.dir.path().join("agent.out")).unwrap();
+        let err = fs::read_to_string(self.dir.path().join("agent.err")).unwrap();
+        out + &err
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        kill_tree(self.pid());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Client {
+    pub s: UnixStream,
+}
+
+/// A command's collected output and its final frame.
+#[derive(Debug)]
+pub struct Outcome {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub end: Frame,
+}
+
+impl Outcome {
+    pub fn exited(&self) -> (i32, i32) {
+        match self.end {
+            Frame::Exited { code, signal, .. } => (code, signal),
+            ref other => panic!("expected exited, got {other:?} after {:?}", String::from_utf8_lossy(&self.stderr)),
+        }
+    }
+    pub fn failed(&self) -> FailReason {
+        match self.end {
+            Frame::Failed { reason, .. } => reason,
+            ref other => panic!("expected failed, got {other:?}"),
+        }
+    }
+}
+
+pub fn start_frame(id: u32, argv: &[&str]) -> Start {
+    Start {
+        id,
+        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        env: Vec::new(),
+        workdir: b"/".to_vec(),
+        stdin: false,
+    }
+}
+
+impl Client {
+    pub fn send(&mut self, f: &Frame) {
+        write_frame(&mut self.s, f).unwrap();
+        self.s.flush().unwrap();
+    }
+
+    pub fn recv(&mut self) -> Frame {
+        read_frame(&mut self.s).unwrap().expect("the agent closed the connection")
+    }
+
+    /// The next frame, or `None` at end of stream.
+    pub fn recv_or_eof(&mut self) -> Option<Frame> {
+        read_frame(&mut self.s).ok().flatten()
+    }
+
+    pub fn start(&mut self, id: u32, argv: &[&str]) {
+        self.send(&Frame::Start(start_frame(id, argv)));
+    }
+
+    /// Collects command `id`'s output (acking it at once) until its final frame.
+    pub fn finish(&mut self, id: u32) -> Outcome {
+        let mut o = Outcome { stdout: Vec::new(), stderr: Vec::new(), end: Frame::Ping { nonce: 0 } };
+        loop {
+            match self.recv() {
+                Frame::Output { id: i, stream, data } if i == id => {
+                    self.send(&Frame::Ack { id, bytes: data.len() as u32 });
+                    match stream {
+                        Stream::Stdout => o.stdout.extend(data),
+                        Stream::Stderr => o.stderr.extend(data),
+                    }
+                }
+                f @ (Frame::Exited { .. } | Frame::Failed { .. }) if f.id() == Some(id) => {
+                    o.end = f;
+                    return o;
+                }
+                other => panic!("unexpected frame while waiting for command {id}: {other:?}"),
+            }
+        }
+    }
+
+    pub fn run(&mut self, id: u32, argv: &[&str]) -> Outcome {
+        self.start(id, argv);
+        self.finish(id)
+    }
+
+    pub fn run_start(&mut self, s: Start) -> Outcome {
+        let id = s.id;
+        self.send(&Frame::Start(s));
+        self.finish(id)
+    }
+}
+
+/// Polls `cond` until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `(pid, state, ppid)` of every process.
+pub fn processes() -> Vec<(i32, u8, i32)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let mut f = stat[close + 1..].split_whitespace();
+        let (Some(state), Some(ppid)) = (f.next(), f.next()) else { continue };
+        out.push((pid, state.as_bytes()[0], ppid.parse().unwrap_or(0)));
+    }
+    out
+}
+
+/// Live descendants of `root`.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let procs = processes();
+    let mut out = Vec::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        for &(pid, state, ppid) in &procs {
+            if ppid == p && !out.contains(&pid) {
+                todo.push(pid);
+                if state != b'Z' {
+                    out.push(pid);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Zombie children of `parent`.
+pub fn zombie_children(parent: i32) -> Vec<i32> {
+    processes().into_iter().filter(|&(_, s, pp)| pp == parent && s == b'Z').map(|(p, _, _)| p).collect()
+}
+
+pub fn alive(pid: i32) -> bool {
+    processes().iter().any(|&(p, s, _)| p == pid && s != b'Z')
+}
+
+/// Pids of live processes whose command line is exactly `argv`, under `root`.
+pub fn find_under(root: i32, argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    descendants(root).into_iter().filter(|p| fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == want)).collect()
+}
+
+/// SIGKILLs every descendant of `root` until none is left.
+pub fn kill_tree(root: i32) {
+    for _ in 0..100 {
+        let d = descendants(root);
+        if d.is_empty() {
+            return;
+        }
+        for p in d {
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
