@@ -59,14 +59,13 @@ fn create_ls_get_status_labels_network_and_path() {
     let mounts = docker_inspect(&container, "{{range .Mounts}}{{.Source}}->{{.Destination}} {{.RW}};{{end}}").unwrap();
     let mut mounts: Vec<&str> = mounts.split(';').filter(|m| !m.is_empty()).collect();
     mounts.sort();
-    assert_eq!(
-        mounts,
-        vec![
-            format!("{}->/.berth/berth-agent false", d.state.join("agent/berth-agent").display()),
-            format!("{}->/.berth/run true", d.state.join("run").join(&name).display()),
-            format!("{}->/workspace true", path.display()),
-        ]
-    );
+    let mut want = vec![
+        format!("{}->/.berth/berth-agent false", d.state.join("agent/berth-agent").display()),
+        format!("{}->/.berth/run true", d.state.join("run").join(&name).display()),
+        format!("{}->/workspace true", path.display()),
+    ];
+    want.sort();
+    assert_eq!(mounts, want);
     let net_label = docker_inspect("vega-network", "{{index .Labels \"vega.managed-by\"}}").unwrap();
     assert_eq!(net_label, "berth");
 

@@ -140,11 +140,16 @@ fn engine_appears_later_goes_away_and_comes_back() {
     let late = d.name("late");
     assert_eq!(d.ok("project.create", json!({"name": late}))["status"], "running");
 
-    // The engine goes away: requests fail fast with runtime_unavailable, no hang, and a
-    // container project is never run on the host instead.
+    // The engine goes away: its container still runs commands through its agent; what
+    // needs the engine fails fast with runtime_unavailable, no hang; and a container
+    // project is never run on the host instead.
     proxy.stop();
+    let r =
+        d.ok("project.exec", json!({"name": late, "command": ["sh", "-c", "echo in-container; cat /proc/1/cmdline"]}));
+    assert_eq!(r["path"], "agent", "{r}");
+    assert!(r["stdout"].as_str().unwrap().contains("/.berth/berth-agent"), "{r}");
     let t = Instant::now();
-    let r = d.rpc("project.exec", json!({"name": late, "command": ["true"]}));
+    let r = d.rpc("project.exec", json!({"name": late, "path": "exec", "command": ["true"]}));
     assert_eq!(r["error"]["data"]["kind"], "runtime_unavailable", "{r}");
     assert!(t.elapsed() < Duration::from_secs(10), "failed fast: {:?}", t.elapsed());
     assert_eq!(d.err_kind("project.status", json!({"name": late})), "runtime_unavailable");
@@ -209,7 +214,7 @@ fn a_broken_output_stream_kills_the_exec_at_once() {
     let mut c = d.client();
     c.send_line(
         &json!({"jsonrpc": "2.0", "id": 7, "method": "project.exec",
-            "params": {"name": name, "command": ["sh", "-c", "sleep 431"]}})
+            "params": {"name": name, "path": "exec", "command": ["sh", "-c", "sleep 431"]}})
         .to_string(),
     );
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -110,6 +110,8 @@ pub struct ExecAsk {
     pub tool: Option<String>,
     /// Ask the engine afresh (the container vanished since the actor last looked).
     pub recheck: bool,
+    /// The request wants the engine's exec API, not the agent.
+    pub engine_exec: bool,
 }
 
 /// Where one exec runs.
@@ -124,8 +126,9 @@ pub enum Where {
 /// Nothing runs on the host unless `[local] enabled`: then `local: true` and tools not
 /// routed to the container run there, and a project that never had a container (status
 /// `created`) runs there while no engine answers. A project that has a container never
-/// silently moves to the host. `engine` is whether the engine answers at all: a slow
-/// engine is not an absent one (timeouts never clear it).
+/// silently moves to the host. `engine` is whether the container can be reached: the
+/// engine answers (a slow engine is not an absent one: timeouts never clear it), or the
+/// project's agent does.
 pub fn decide(ask: &ExecAsk, cfg: &Config, engine: bool, name: &ProjectName, status: Status) -> Result<Where, Error> {
     let local = cfg.local.enabled;
     if ask.local && !ask.recheck {
@@ -513,7 +516,10 @@ impl ProjectState {
         }
         let mut p = self.require_settled(Status::can_exec)?;
         let cfg = &self.ctx.config;
-        let engine = self.ctx.runtimes.docker_available();
+        // The container is reachable through the engine, or through its agent even while
+        // the engine is away (unless the request asked for the engine's exec path).
+        let rt = &self.ctx.runtimes;
+        let engine = rt.docker_available() || (!ask.engine_exec && rt.docker.agent_connected(&self.name));
         let runtime = match decide(&ask, cfg, engine, &self.name, p.status)? {
             Where::Host => RuntimeKind::Local,
             Where::Container => {
@@ -733,7 +739,12 @@ mod tests {
         on.local.enabled = true;
         on.routing.container_tools = vec!["shell".into()];
         let name = ProjectName::parse("p").unwrap();
-        let ask = |local: bool, tool: Option<&str>| ExecAsk { local, tool: tool.map(String::from), recheck: false };
+        let ask = |local: bool, tool: Option<&str>| ExecAsk {
+            local,
+            tool: tool.map(String::from),
+            recheck: false,
+            engine_exec: false,
+        };
         // (config, ask, engine answers, status, expected place or error kind)
         type Row<'a> = (&'a Config, ExecAsk, bool, Status, Result<Where, ErrorKind>);
         let rows: Vec<Row> = vec![

@@ -280,7 +280,7 @@ impl Service {
             }),
             false => None,
         };
-        let ask_ = ExecAsk { local: e.local, tool: e.tool.clone(), recheck };
+        let ask_ = ExecAsk { local: e.local, tool: e.tool.clone(), recheck, engine_exec: e.engine_exec };
         let actor = self.project(&e.name).await?;
         ask(&actor, &format!("project {}", e.name), self.ctx.lifecycle_timeout(), |reply| ProjectMsg::PrepareExec {
             auto_create,

@@ -189,6 +189,12 @@ pub trait Runtime: Send + Sync + 'static {
         false
     }
 
+    /// Whether berthd holds a live connection to the project's agent: its container can
+    /// run commands even while the engine does not answer.
+    fn agent_connected(&self, _project: &ProjectName) -> bool {
+        false
+    }
+
     /// Runs a command to its end, its timeout, or `cancel`; kills every process it
     /// started in the last two cases. Output is kept (or sent live) through `capture`.
     async fn exec(

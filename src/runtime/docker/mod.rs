@@ -706,6 +706,10 @@ impl Runtime for DockerRuntime {
         Ok(o)
     }
 
+    fn agent_connected(&self, project: &ProjectName) -> bool {
+        self.agents.as_ref().is_some_and(|a| a.cached(project).is_some())
+    }
+
     async fn agent_answers(&self, project: &ProjectName) -> bool {
         match self.agent_for(project).await {
             Ok(conn) => conn.ping(Duration::from_secs(2)).await,
