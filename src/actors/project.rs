@@ -28,6 +28,9 @@ use crate::workspace::{WorkspaceError, Workspaces};
 
 pub struct ProjectActor;
 
+/// How precisely `last_used` is kept: within this, an exec does not rewrite the row.
+const LAST_USED_RESOLUTION: time::Duration = time::Duration::seconds(1);
+
 pub struct ProjectArgs {
     pub name: ProjectName,
     pub ctx: Arc<Ctx>,
@@ -547,8 +550,21 @@ impl ProjectState {
         if runtime == RuntimeKind::Local {
             self.ws(|w, n| w.ensure(n)).await?;
         }
-        p.last_used = OffsetDateTime::now_utc();
-        let p = self.save(p).await?;
+        let now = OffsetDateTime::now_utc();
+        // Activity is recorded to the second: a burst of execs writes the row once, not
+        // once per exec (staleness is counted in days).
+        let unchanged = self.project.as_ref().is_some_and(|s| {
+            let mut same = s.clone();
+            same.last_used = p.last_used;
+            same == p && now - s.last_used < LAST_USED_RESOLUTION
+        });
+        let p = match unchanged {
+            true => p,
+            false => {
+                p.last_used = now;
+                self.save(p).await?
+            }
+        };
         let (cancel, guard) = self.execs.lease();
         Ok(ExecLease { project: p, runtime, auto_created, cancel, guard })
     }
