@@ -378,8 +378,7 @@ fn a_stale_socket_is_replaced_but_nothing_else_is_touched() {
     let dir = TempDir::new();
     let file = dir.path().join("not-a-socket");
     fs::write(&file, "keep").unwrap();
-    let out =
-        std::process::Command::new(env!("CARGO_BIN_EXE_berth-agent")).arg("--socket").arg(&file).output().unwrap();
+    let out = std::process::Command::new(agent_bin()).arg("--socket").arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
     assert_eq!(fs::read_to_string(&file).unwrap(), "keep");
@@ -388,8 +387,7 @@ fn a_stale_socket_is_replaced_but_nothing_else_is_touched() {
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
     assert!(agent.sock.exists());
-    agent.child =
-        std::process::Command::new(env!("CARGO_BIN_EXE_berth-agent")).arg("--socket").arg(&agent.sock).spawn().unwrap();
+    agent.child = std::process::Command::new(agent_bin()).arg("--socket").arg(&agent.sock).spawn().unwrap();
     let mut c = None;
     assert!(wait_until(Duration::from_secs(10), || {
         c = std::os::unix::net::UnixStream::connect(&agent.sock).ok();
@@ -401,7 +399,7 @@ fn a_stale_socket_is_replaced_but_nothing_else_is_touched() {
     assert_eq!(mode, 0o600);
 }
 
-/// `cargo test -p berth-agent --release -- --ignored --nocapture echo_round_trip`
+/// `BERTH_AGENT_BIN=<static build> cargo test -p berth-agent --release -- --ignored --nocapture echo_round_trip`
 #[test]
 #[ignore]
 fn echo_round_trip_timing() {
@@ -416,4 +414,14 @@ fn echo_round_trip_timing() {
     }
     times.sort();
     println!("echo hi round trip: median {:?}, p90 {:?}, max {:?}", times[500], times[900], times[999]);
+    // For scale: the same command spawned directly by this process, output read, reaped.
+    let mut bare = Vec::new();
+    for _ in 0..1000 {
+        let t = Instant::now();
+        let out = std::process::Command::new("echo").arg("hi").output().unwrap();
+        bare.push(t.elapsed());
+        assert_eq!(out.stdout, b"hi\n");
+    }
+    bare.sort();
+    println!("bare spawn of echo hi: median {:?}, p90 {:?}", bare[500], bare[900]);
 }

@@ -38,6 +38,12 @@ impl Drop for TempDir {
     }
 }
 
+/// The binary under test: this build's, or `BERTH_AGENT_BIN` (say, the static release
+/// build) when set.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("BERTH_AGENT_BIN").map_or_else(|| env!("CARGO_BIN_EXE_berth-agent").into(), PathBuf::from)
+}
+
 pub struct Agent {
     pub child: Child,
     pub dir: TempDir,
@@ -52,7 +58,7 @@ impl Agent {
     pub fn start_with(env: &[(&str, &str)]) -> Agent {
         let dir = TempDir::new();
         let sock = dir.path().join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_berth-agent"))
+        let child = Command::new(agent_bin())
             .arg("--socket")
             .arg(&sock)
             .envs(env.iter().copied())
