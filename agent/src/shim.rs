@@ -26,6 +26,7 @@ pub fn main(args: &[OsString]) -> i32 {
     }
     // The shim must outlive every signal the command's process group may receive.
     SigSet::full().block();
+    sys::set_name(c"berth-shim");
     sys::setsid();
     let _ = sys::set_child_subreaper();
     let report = |m: FromShim| {
@@ -70,8 +71,14 @@ fn start(workdir: &OsString, argv: &[OsString]) -> Result<pid_t, (FailReason, St
     let Some(program) = argv.first() else { return Err(other("empty command".into())) };
     let argv: Vec<CString> =
         argv.iter().map(|a| sys::cstring(a.as_bytes(), "an argument")).collect::<Result<_, _>>().map_err(other)?;
-    sys::spawn(&argv[0], &argv, None, &[], true)
-        .map_err(|e| (classify(&e), format!("{}: {}", program.to_string_lossy(), plain(&e))))
+    sys::spawn(&argv[0], &argv, None, &[], true).map_err(|e| {
+        let reason = classify(&e);
+        let program = program.to_string_lossy();
+        match e.raw_os_error() {
+            Some(libc::ENOENT) if !program.contains('/') => (reason, format!("{program}: command not found")),
+            _ => (reason, format!("{program}: {}", plain(&e))),
+        }
+    })
 }
 
 /// Why an exec failed, in the protocol's terms.

@@ -168,6 +168,11 @@ pub fn set_child_subreaper() -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }).map(drop)
 }
 
+/// Names the calling thread (the process, for a single-threaded one) as `ps` shows it.
+pub fn set_name(name: &CStr) {
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
+}
+
 pub fn setsid() {
     unsafe { libc::setsid() };
 }

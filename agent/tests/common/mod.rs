@@ -105,7 +105,10 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        kill_tree(self.pid());
+        // Only while the agent is unreaped can its pid not have been reused.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            kill_tree(self.pid());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
