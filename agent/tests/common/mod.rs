@@ -107,9 +107,22 @@ impl Drop for Agent {
     fn drop(&mut self) {
         // Only while the agent is unreaped can its pid not have been reused.
         if matches!(self.child.try_wait(), Ok(None)) {
-            kill_tree(self.pid());
+            // Processes that outlived their commands were adopted by the agent: kill them
+            // while it is alive to reap them; then SIGTERM makes it kill every command's
+            // tree and reap the shims before it exits.
+            for (pid, _, ppid) in processes() {
+                if ppid == self.pid() && comm(pid) != "berth-shim" {
+                    kill_tree(pid);
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+            let _ = wait_until(Duration::from_secs(3), || !matches!(self.child.try_wait(), Ok(None)));
         }
-        let _ = self.child.kill();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            kill_tree(self.pid());
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
@@ -252,6 +265,10 @@ pub fn descendants(root: i32) -> Vec<i32> {
 /// Zombie children of `parent`.
 pub fn zombie_children(parent: i32) -> Vec<i32> {
     processes().into_iter().filter(|&(_, s, pp)| pp == parent && s == b'Z').map(|(p, _, _)| p).collect()
+}
+
+pub fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_string()
 }
 
 pub fn alive(pid: i32) -> bool {
