@@ -10,13 +10,16 @@ use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_wire::FailReason;
 
 use crate::ctl::{FromShim, ToShim, SHIM_FD};
 use crate::proctree;
 use crate::sys::{self, pid_t, SigSet};
+
+/// How long a kill keeps at a tree that will not die.
+const KILL_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Runs the shim; returns its exit code.
 pub fn main(args: &[OsString]) -> i32 {
@@ -168,7 +171,10 @@ impl Shim {
     /// the next scan. Then reports the command's status.
     fn kill_tree(&mut self) {
         let me = sys::getpid();
-        loop {
+        // A process stuck in the kernel (uninterruptible sleep) may not die for a long
+        // time; after this long the shim reports and leaves it.
+        let give_up = Instant::now() + KILL_PATIENCE;
+        while Instant::now() < give_up {
             let mut frozen = Vec::new();
             loop {
                 let fresh: Vec<pid_t> = proctree::descendants(me).into_iter().filter(|p| !frozen.contains(p)).collect();
@@ -194,8 +200,7 @@ impl Shim {
         }
         self.reap();
         if !self.reported {
-            // The command was already reaped by someone else: impossible for a child of
-            // ours, but report something rather than nothing.
+            // The command would not die in time: it was sent SIGKILL, so say so.
             let _ = sys::send(self.ctl.as_raw_fd(), &FromShim::Exited { code: 0, signal: libc::SIGKILL }.encode());
         }
     }
