@@ -488,3 +488,17 @@ fn stdin_for_a_command_that_never_reads_it_does_not_wedge_anything() {
     c.send(&Frame::Ping { nonce: 9 });
     assert_eq!(c.recv(), Frame::Pong { nonce: 9 });
 }
+
+#[test]
+fn a_command_inherits_no_descriptor_but_its_three_streams() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    // Another command's pipes are open in the agent meanwhile.
+    let mut s = start_frame(1, &["cat"]);
+    s.stdin = true;
+    c.send(&Frame::Start(s));
+    let o = c.run(2, &["sh", "-c", "ls /proc/$$/fd"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n1\n2\n");
+    c.send(&Frame::StdinEnd { id: 1 });
+    assert_eq!(c.finish(1).exited(), (0, 0));
+}
