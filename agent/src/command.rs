@@ -151,6 +151,7 @@ struct Pump {
     failed: Option<(FailReason, String)>,
     shim_status: Option<libc::c_int>,
     killed: bool,
+    scratch: Option<Vec<u8>>,
 }
 
 impl Pump {
@@ -171,6 +172,7 @@ impl Pump {
             failed: None,
             shim_status: None,
             killed: false,
+            scratch: None,
         }
     }
 
@@ -298,13 +300,13 @@ impl Pump {
         if want == 0 {
             return;
         }
-        let mut data = vec![0u8; want];
-        match sys::read(fd.as_raw_fd(), &mut data) {
+        // One scratch buffer per command: a read costs what it returns, not MAX_CHUNK.
+        let scratch = self.scratch.get_or_insert_with(|| vec![0u8; MAX_CHUNK]);
+        match sys::read(fd.as_raw_fd(), &mut scratch[..want]) {
             Ok(0) => *slot = None,
             Ok(n) => {
-                data.truncate(n);
                 self.unacked += n as u32;
-                let f = Frame::Output { id: self.id, stream, data };
+                let f = Frame::Output { id: self.id, stream, data: scratch[..n].to_vec() };
                 let _ = self.out.send(Out::Frame(f.to_bytes()));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -68,6 +68,7 @@ fn main() {
 
 fn run(socket: PathBuf) -> ! {
     sys::ensure_std_fds();
+    sys::cloexec_inherited_fds();
     // Before any thread exists, so that every thread inherits the blocked signals.
     let signals = init::take_signals();
     // Orphans of finished commands come to us (and are reaped) even when not PID 1.

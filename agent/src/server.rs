@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
@@ -13,26 +13,35 @@ use crate::command::BaseEnv;
 use crate::conn;
 use crate::sys;
 
-/// Binds the agent's socket at `path`.
+/// Binds the agent's socket at `path`. The socket is bound and listening under a
+/// neighbouring name first and then renamed into place, so that once `path` exists a
+/// connection to it succeeds.
 pub fn listen(path: &Path) -> io::Result<UnixListener> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => fs::remove_file(path)?,
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    remove_stale_socket(path)?;
+    remove_stale_socket(&tmp)?;
     // Created 0600 from the start, not chmod-ed after a moment of being open to all.
     let old = sys::umask(0o177);
-    let bound = UnixListener::bind(path);
+    let bound = UnixListener::bind(&tmp);
     sys::umask(old);
-    let listener = bound.map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    let listener = bound.map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", tmp.display())))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+    fs::rename(&tmp, path)?;
     Ok(listener)
+}
+
+/// Removes a socket file at `path`; anything else there is an error, and left alone.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => fs::remove_file(path),
+        Ok(_) => {
+            Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists and is not a socket", path.display())))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Accepts connections forever.

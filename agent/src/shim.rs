@@ -10,13 +10,16 @@ use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_wire::FailReason;
 
 use crate::ctl::{FromShim, ToShim, SHIM_FD};
 use crate::proctree;
 use crate::sys::{self, pid_t, SigSet};
+
+/// How long a kill keeps at a tree that will not die.
+const KILL_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Runs the shim; returns its exit code.
 pub fn main(args: &[OsString]) -> i32 {
@@ -26,6 +29,7 @@ pub fn main(args: &[OsString]) -> i32 {
     }
     // The shim must outlive every signal the command's process group may receive.
     SigSet::full().block();
+    sys::set_name(c"berth-shim");
     sys::setsid();
     let _ = sys::set_child_subreaper();
     let report = |m: FromShim| {
@@ -70,8 +74,14 @@ fn start(workdir: &OsString, argv: &[OsString]) -> Result<pid_t, (FailReason, St
     let Some(program) = argv.first() else { return Err(other("empty command".into())) };
     let argv: Vec<CString> =
         argv.iter().map(|a| sys::cstring(a.as_bytes(), "an argument")).collect::<Result<_, _>>().map_err(other)?;
-    sys::spawn(&argv[0], &argv, None, &[], true)
-        .map_err(|e| (classify(&e), format!("{}: {}", program.to_string_lossy(), plain(&e))))
+    sys::spawn(&argv[0], &argv, None, &[], true).map_err(|e| {
+        let reason = classify(&e);
+        let program = program.to_string_lossy();
+        match e.raw_os_error() {
+            Some(libc::ENOENT) if !program.contains('/') => (reason, format!("{program}: command not found")),
+            _ => (reason, format!("{program}: {}", plain(&e))),
+        }
+    })
 }
 
 /// Why an exec failed, in the protocol's terms.
@@ -161,7 +171,10 @@ impl Shim {
     /// the next scan. Then reports the command's status.
     fn kill_tree(&mut self) {
         let me = sys::getpid();
-        loop {
+        // A process stuck in the kernel (uninterruptible sleep) may not die for a long
+        // time; after this long the shim reports and leaves it.
+        let give_up = Instant::now() + KILL_PATIENCE;
+        while Instant::now() < give_up {
             let mut frozen = Vec::new();
             loop {
                 let fresh: Vec<pid_t> = proctree::descendants(me).into_iter().filter(|p| !frozen.contains(p)).collect();
@@ -187,8 +200,7 @@ impl Shim {
         }
         self.reap();
         if !self.reported {
-            // The command was already reaped by someone else: impossible for a child of
-            // ours, but report something rather than nothing.
+            // The command would not die in time: it was sent SIGKILL, so say so.
             let _ = sys::send(self.ctl.as_raw_fd(), &FromShim::Exited { code: 0, signal: libc::SIGKILL }.encode());
         }
     }

@@ -91,6 +91,13 @@ pub fn ensure_std_fds() {
     }
 }
 
+/// Marks every descriptor above 2 that this process inherited close-on-exec, so that
+/// none of them reaches a command (Linux 5.11+; on older kernels this does nothing).
+pub fn cloexec_inherited_fds() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    unsafe { libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) };
+}
+
 /// Puts `/dev/null` over 0, 1 and 2 (the shim, once the command holds the real ones).
 pub fn null_std_fds() {
     if let Ok(null) = dev_null(true) {
@@ -166,6 +173,11 @@ pub fn kill(pid: pid_t, sig: libc::c_int) -> io::Result<()> {
 
 pub fn set_child_subreaper() -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }).map(drop)
+}
+
+/// Names the calling thread (the process, for a single-threaded one) as `ps` shows it.
+pub fn set_name(name: &CStr) {
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
 }
 
 pub fn setsid() {

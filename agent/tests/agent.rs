@@ -378,8 +378,7 @@ fn a_stale_socket_is_replaced_but_nothing_else_is_touched() {
     let dir = TempDir::new();
     let file = dir.path().join("not-a-socket");
     fs::write(&file, "keep").unwrap();
-    let out =
-        std::process::Command::new(env!("CARGO_BIN_EXE_berth-agent")).arg("--socket").arg(&file).output().unwrap();
+    let out = std::process::Command::new(agent_bin()).arg("--socket").arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
     assert_eq!(fs::read_to_string(&file).unwrap(), "keep");
@@ -388,8 +387,7 @@ fn a_stale_socket_is_replaced_but_nothing_else_is_touched() {
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
     assert!(agent.sock.exists());
-    agent.child =
-        std::process::Command::new(env!("CARGO_BIN_EXE_berth-agent")).arg("--socket").arg(&agent.sock).spawn().unwrap();
+    agent.child = std::process::Command::new(agent_bin()).arg("--socket").arg(&agent.sock).spawn().unwrap();
     let mut c = None;
     assert!(wait_until(Duration::from_secs(10), || {
         c = std::os::unix::net::UnixStream::connect(&agent.sock).ok();
@@ -401,7 +399,7 @@ fn a_stale_socket_is_replaced_but_nothing_else_is_touched() {
     assert_eq!(mode, 0o600);
 }
 
-/// `cargo test -p berth-agent --release -- --ignored --nocapture echo_round_trip`
+/// `BERTH_AGENT_BIN=<static build> cargo test -p berth-agent --release -- --ignored --nocapture echo_round_trip`
 #[test]
 #[ignore]
 fn echo_round_trip_timing() {
@@ -416,4 +414,91 @@ fn echo_round_trip_timing() {
     }
     times.sort();
     println!("echo hi round trip: median {:?}, p90 {:?}, max {:?}", times[500], times[900], times[999]);
+    // For scale: the same command spawned directly by this process, output read, reaped.
+    let mut bare = Vec::new();
+    for _ in 0..1000 {
+        let t = Instant::now();
+        let out = std::process::Command::new("echo").arg("hi").output().unwrap();
+        bare.push(t.elapsed());
+        assert_eq!(out.stdout, b"hi\n");
+    }
+    bare.sort();
+    println!("bare spawn of echo hi: median {:?}, p90 {:?}", bare[500], bare[900]);
+}
+
+#[test]
+fn sigint_and_sigquit_also_stop_the_agent_cleanly() {
+    for sig in [libc::SIGINT, libc::SIGQUIT] {
+        let mut agent = Agent::start();
+        let mut c = agent.connect();
+        c.start(1, &["sleep", "1009"]);
+        let mut pids = Vec::new();
+        assert!(wait_until(Duration::from_secs(10), || {
+            pids = find_under(agent.pid(), &["sleep", "1009"]);
+            pids.len() == 1
+        }));
+        unsafe { libc::kill(agent.pid(), sig) };
+        let mut status = None;
+        assert!(wait_until(Duration::from_secs(5), || {
+            status = agent.child.try_wait().unwrap();
+            status.is_some()
+        }));
+        assert_eq!(status.unwrap().code(), Some(0), "signal {sig}");
+        assert!(wait_until(Duration::from_secs(5), || !alive(pids[0])));
+    }
+}
+
+#[test]
+fn several_connections_at_once_each_with_its_own_ids() {
+    let agent = Agent::start();
+    let mut a = agent.connect();
+    let mut b = agent.connect();
+    // The same id on two connections names two commands.
+    a.start(1, &["sh", "-c", "read x; echo a-$x"]);
+    let mut s = start_frame(1, &["sh", "-c", "read x; echo b-$x"]);
+    s.stdin = true;
+    b.send(&Frame::Start(s));
+    b.send(&Frame::Stdin { id: 1, data: b"two\n".to_vec() });
+    b.send(&Frame::StdinEnd { id: 1 });
+    let ob = b.finish(1);
+    assert_eq!(ob.stdout, b"b-two\n");
+    let oa = a.finish(1);
+    assert_eq!(oa.stdout, b"a-\n", "a command without stdin reads end-of-file");
+    // Closing one connection leaves the other working.
+    drop(a);
+    assert_eq!(b.run(2, &["echo", "still"]).stdout, b"still\n");
+}
+
+#[test]
+fn stdin_for_a_command_that_never_reads_it_does_not_wedge_anything() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    let mut s = start_frame(1, &["true"]);
+    s.stdin = true;
+    c.send(&Frame::Start(s));
+    for _ in 0..16 {
+        c.send(&Frame::Stdin { id: 1, data: vec![b'x'; MAX_CHUNK] });
+    }
+    let o = c.finish(1);
+    assert_eq!(o.exited(), (0, 0));
+    // Stdin crossing the exit on the wire is ignored, not an error.
+    c.send(&Frame::Stdin { id: 1, data: b"late".to_vec() });
+    c.send(&Frame::StdinEnd { id: 1 });
+    c.send(&Frame::Ack { id: 1, bytes: 10 });
+    c.send(&Frame::Ping { nonce: 9 });
+    assert_eq!(c.recv(), Frame::Pong { nonce: 9 });
+}
+
+#[test]
+fn a_command_inherits_no_descriptor_but_its_three_streams() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    // Another command's pipes are open in the agent meanwhile.
+    let mut s = start_frame(1, &["cat"]);
+    s.stdin = true;
+    c.send(&Frame::Start(s));
+    let o = c.run(2, &["sh", "-c", "ls /proc/$$/fd"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n1\n2\n");
+    c.send(&Frame::StdinEnd { id: 1 });
+    assert_eq!(c.finish(1).exited(), (0, 0));
 }

@@ -38,6 +38,12 @@ impl Drop for TempDir {
     }
 }
 
+/// The binary under test: this build's, or `BERTH_AGENT_BIN` (say, the static release
+/// build) when set.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("BERTH_AGENT_BIN").map_or_else(|| env!("CARGO_BIN_EXE_berth-agent").into(), PathBuf::from)
+}
+
 pub struct Agent {
     pub child: Child,
     pub dir: TempDir,
@@ -52,7 +58,7 @@ impl Agent {
     pub fn start_with(env: &[(&str, &str)]) -> Agent {
         let dir = TempDir::new();
         let sock = dir.path().join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_berth-agent"))
+        let child = Command::new(agent_bin())
             .arg("--socket")
             .arg(&sock)
             .envs(env.iter().copied())
@@ -99,8 +105,24 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        kill_tree(self.pid());
-        let _ = self.child.kill();
+        // Only while the agent is unreaped can its pid not have been reused.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // Processes that outlived their commands were adopted by the agent: kill them
+            // while it is alive to reap them; then SIGTERM makes it kill every command's
+            // tree and reap the shims before it exits.
+            for (pid, _, ppid) in processes() {
+                if ppid == self.pid() && comm(pid) != "berth-shim" {
+                    kill_tree(pid);
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+            let _ = wait_until(Duration::from_secs(3), || !matches!(self.child.try_wait(), Ok(None)));
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            kill_tree(self.pid());
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
@@ -243,6 +265,10 @@ pub fn descendants(root: i32) -> Vec<i32> {
 /// Zombie children of `parent`.
 pub fn zombie_children(parent: i32) -> Vec<i32> {
     processes().into_iter().filter(|&(_, s, pp)| pp == parent && s == b'Z').map(|(p, _, _)| p).collect()
+}
+
+pub fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_string()
 }
 
 pub fn alive(pid: i32) -> bool {
