@@ -23,7 +23,7 @@ const KILL_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Runs the shim; returns its exit code.
 pub fn main(args: &[OsString]) -> i32 {
-    let ctl = unsafe_adopt_ctl();
+    let ctl = adopt_ctl();
     if sys::set_cloexec(ctl.as_raw_fd()).is_err() {
         return 125;
     }
@@ -56,7 +56,7 @@ pub fn main(args: &[OsString]) -> i32 {
 }
 
 /// Takes ownership of the control channel the agent put on descriptor 3.
-fn unsafe_adopt_ctl() -> OwnedFd {
+fn adopt_ctl() -> OwnedFd {
     // SAFETY: the agent always spawns the shim with its end of the channel on fd 3, and
     // nothing else in this process owns that descriptor.
     unsafe { OwnedFd::from_raw_fd(SHIM_FD) }

@@ -1,6 +1,7 @@
 //! Thin, safe wrappers over the libc calls the agent and the shim need: pipes, sockets,
-//! poll, signals, `posix_spawn`, `waitpid`. Every `unsafe` block of the crate lives here;
-//! nothing here knows about commands or frames.
+//! poll, signals, `posix_spawn`, `waitpid`. Every `unsafe` block of the crate lives here
+//! (but the shim's adoption of its descriptor 3); nothing here knows about commands or
+//! frames.
 //! Every descriptor created here is close-on-exec, so that one command's pipes never leak
 //! into another command's shim (the agent spawns shims from many threads at once).
 
