@@ -234,3 +234,31 @@ fn a_container_made_before_the_agent_keeps_the_exec_path_until_it_is_re_created(
     let r = d.ok("project.exec", json!({"name": name, "command": ["echo", "new"]}));
     assert_eq!((r["stdout"].as_str(), r["path"].as_str()), (Some("new\n"), Some("agent")), "{r}");
 }
+
+#[test]
+fn the_agent_exits_cleanly_on_stop() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("stopclean");
+    d.ok("project.create", json!({"name": name}));
+    // A command running, as when a user stops a busy project.
+    let mut c = d.client();
+    c.send_line(
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "project.exec",
+            "params": {"name": name, "command": ["sleep", "300"]}})
+        .to_string(),
+    );
+    let container = format!("berth-{name}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !docker(&["top", &container, "-o", "pid,args"]).contains("sleep 300") {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.ok("project.stop", json!({"name": name}));
+    // The agent handled SIGTERM and exited 0 itself: not killed after the stop grace (137).
+    assert_eq!(docker_inspect(&container, "{{.State.ExitCode}}").unwrap(), "0");
+    let (r, _) = c.read_response();
+    assert_eq!(r["error"]["data"]["kind"], "runtime_error", "{r}");
+}

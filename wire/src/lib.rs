@@ -15,6 +15,13 @@
 //! berthd sends `Ack` as it consumes output, so a slow reader holds the command back
 //! (backpressure) without holding back the other commands on the connection. `Kill`
 //! kills the command's whole tree. A closed connection kills every command started on it.
+//!
+//! Details both ends rely on: ids are chosen by berthd and never reused on a connection;
+//! an empty `Start.workdir` means the agent's own working directory; `Stdin`/`StdinEnd`
+//! are sent only for a command started with `stdin: true` (stdin has no window of its
+//! own: berthd bounds it, by `server.max_line`); `Ack`, `Stdin` or `Kill` that arrive
+//! after a command ended are ignored; `Output` and `Stdin` carry at most `MAX_CHUNK`
+//! bytes (a larger one is a malformed frame).
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -286,7 +293,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
             let stdin = r.bool()?;
             Frame::Start(Start { id, argv, env, workdir, stdin })
         }
-        kind::STDIN => Frame::Stdin { id, data: r.bytes()? },
+        kind::STDIN => Frame::Stdin { id, data: r.chunk()? },
         kind::STDIN_END => Frame::StdinEnd { id },
         kind::OUTPUT => {
             let stream = match r.u8()? {
@@ -294,7 +301,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
                 2 => Stream::Stderr,
                 _ => return Err(WireError::Malformed { kind: k, why: "unknown stream" }),
             };
-            Frame::Output { id, stream, data: r.bytes()? }
+            Frame::Output { id, stream, data: r.chunk()? }
         }
         kind::ACK => Frame::Ack { id, bytes: r.u32()? },
         kind::EXITED => Frame::Exited { id, code: r.u32()? as i32, signal: r.u32()? as i32 },
@@ -459,6 +466,14 @@ impl<'a> Reader<'a> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
     }
+    /// Bytes of an `Output` or `Stdin` frame: at most `MAX_CHUNK`.
+    fn chunk(&mut self) -> Result<Vec<u8>, WireError> {
+        let b = self.bytes()?;
+        if b.len() > MAX_CHUNK {
+            return Err(WireError::Malformed { kind: self.kind, why: "data longer than MAX_CHUNK" });
+        }
+        Ok(b)
+    }
     fn string(&mut self) -> Result<String, WireError> {
         String::from_utf8(self.bytes()?).map_err(|_| WireError::Malformed { kind: self.kind, why: "text not UTF-8" })
     }
@@ -537,6 +552,9 @@ mod tests {
         let mut unknown = Frame::Kill { id: 1 }.to_bytes();
         unknown[4] = 200;
         assert_eq!(decode(&unknown), Err(WireError::UnknownKind(200)));
+        // Data past MAX_CHUNK.
+        let big = Frame::Output { id: 1, stream: Stream::Stdout, data: vec![0; MAX_CHUNK + 1] }.to_bytes();
+        assert!(matches!(decode(&big), Err(WireError::Malformed { .. })));
         // A list count far beyond its payload.
         let mut lying =
             Frame::Start(Start { id: 1, argv: vec![], env: vec![], workdir: vec![], stdin: false }).to_bytes();
