@@ -132,6 +132,9 @@ fn raise_fd_limit() {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Before anything can answer a client: a SIGTERM that arrives as soon as berthd serves
+    // must shut it down cleanly, not kill it.
+    let signals = Signals::install()?;
     raise_fd_limit();
     let config = Config::load(args.config.as_deref())?;
     let state_dir = config::resolve_state_dir(args.state_dir.as_deref(), config.state_dir.as_deref());
@@ -210,7 +213,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let watchdog = spawn_watchdog(supervisor.clone());
 
     let ended = tokio::select! {
-        signal = wait_for_signal() => {
+        signal = signals.wait() => {
             signal?;
             None
         }
@@ -318,15 +321,25 @@ fn say_no_engine(config: &Config, run_as: Option<(u32, u32)>) {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from start-up on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
     }
-    Ok(())
+
+    async fn wait(mut self) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        Ok(())
+    }
 }
 
 /// Pings systemd's watchdog only while the supervisor answers, so a wedged actor tree

@@ -62,7 +62,9 @@ fn stdin_is_delivered_then_ends() {
     c.send(&Frame::Start(s));
     let big: Vec<u8> = (0..=255u8).cycle().take(200_000).collect();
     c.send(&Frame::Stdin { id: 1, data: b"hello ".to_vec() });
-    c.send(&Frame::Stdin { id: 1, data: big.clone() });
+    for chunk in big.chunks(berth_wire::MAX_CHUNK) {
+        c.send(&Frame::Stdin { id: 1, data: chunk.to_vec() });
+    }
     c.send(&Frame::StdinEnd { id: 1 });
     let o = c.finish(1);
     assert_eq!(o.stdout[..6], *b"hello ");
