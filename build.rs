@@ -33,4 +33,9 @@ fn main() {
     let bin = target_dir.join(&target).join("release").join("berth-agent");
     assert!(bin.is_file(), "no agent binary at {}", bin.display());
     println!("cargo:rustc-env=BERTH_AGENT_BIN={}", bin.display());
+    // Names the installed copy, so that berthd need not read (and keep in memory) its
+    // embedded copy to learn whether the installed one is current.
+    let bytes = std::fs::read(&bin).expect("read the agent binary");
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    println!("cargo:rustc-env=BERTH_AGENT_HASH={hash:016x}");
 }

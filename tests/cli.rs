@@ -59,8 +59,10 @@ fn create_ls_get_status_labels_network_and_path() {
     let mounts = docker_inspect(&container, "{{range .Mounts}}{{.Source}}->{{.Destination}} {{.RW}};{{end}}").unwrap();
     let mut mounts: Vec<&str> = mounts.split(';').filter(|m| !m.is_empty()).collect();
     mounts.sort();
+    let agent_bin = std::fs::read_dir(d.state.join("agent")).unwrap().next().unwrap().unwrap().path();
+    assert!(agent_bin.file_name().unwrap().to_str().unwrap().starts_with("berth-agent-"), "{}", agent_bin.display());
     let mut want = vec![
-        format!("{}->/.berth/berth-agent false", d.state.join("agent/berth-agent").display()),
+        format!("{}->/.berth/berth-agent false", agent_bin.display()),
         format!("{}->/.berth/run true", d.state.join("run").join(&name).display()),
         format!("{}->/workspace true", path.display()),
     ];

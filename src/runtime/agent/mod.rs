@@ -68,13 +68,15 @@ pub struct Agents {
 }
 
 impl Agents {
-    /// Writes the embedded agent to `<state_dir>/agent/berth-agent` (replaced atomically
-    /// when it differs; running containers keep the file they mounted) and makes `run/`.
+    /// Writes the embedded agent to `<state_dir>/agent/berth-agent-<hash>` unless this
+    /// build's is there already (each container keeps the one it was made with), and
+    /// makes `run/`.
     pub fn install(state_dir: &Path, access: Access) -> io::Result<Agents> {
         let dir = state_dir.join("agent");
         make_private_dir(&dir, 0o711)?;
-        let binary = dir.join("berth-agent");
-        if std::fs::read(&binary).ok().as_deref() != Some(AGENT) {
+        let binary = dir.join(format!("berth-agent-{}", env!("BERTH_AGENT_HASH")));
+        let current = std::fs::symlink_metadata(&binary).is_ok_and(|m| m.is_file() && m.len() == AGENT.len() as u64);
+        if !current {
             let tmp = dir.join(format!(".berth-agent.{}", std::process::id()));
             std::fs::write(&tmp, AGENT)?;
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
