@@ -282,6 +282,13 @@ fn workspace_access(config: &Config, gate: &Gate) -> anyhow::Result<(Access, Opt
         access.gid = gid;
         run_as = Some((uid, gid));
     }
+    if access.uid != 0 && config.local.enabled {
+        tracing::warn!(
+            uid = access.uid,
+            "[local] enabled with a non-root berthd: local commands run as berthd's own user, with everything it can \
+             reach (the container engine's socket included)"
+        );
+    }
     if !config.server.socket_group.is_empty() {
         if let Some(g) = gate.group {
             access.gid = g;

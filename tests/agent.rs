@@ -262,3 +262,75 @@ fn the_agent_exits_cleanly_on_stop() {
     let (r, _) = c.read_response();
     assert_eq!(r["error"]["data"]["kind"], "runtime_error", "{r}");
 }
+
+#[test]
+fn concurrent_first_execs_share_one_connection_to_the_agent() {
+    if !docker_available() {
+        return;
+    }
+    let mut d = Daemon::start("");
+    let name = d.name("race");
+    d.ok("project.create", json!({"name": name}));
+    // A fresh berthd has no connection yet: the first execs race to make it.
+    d.kill9();
+    d.spawn();
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            let (socket, name) = (d.socket.clone(), name.clone());
+            std::thread::spawn(move || {
+                Client::connect(&socket)
+                    .unwrap()
+                    .call("project.exec", json!({"name": name, "command": ["sh", "-c", format!("sleep 1; echo {i}")]}))
+            })
+        })
+        .collect();
+    for (i, w) in workers.into_iter().enumerate() {
+        let r = w.join().unwrap();
+        assert_eq!(r["result"]["stdout"], format!("{i}\n"), "{r}");
+        assert_eq!(r["result"]["path"], "agent", "{r}");
+    }
+}
+
+#[test]
+fn a_command_too_large_for_one_frame_takes_the_exec_path_and_harms_no_other() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("[server]\nmax_line = \"4MiB\"\n");
+    let name = d.name("large");
+    d.ok("project.create", json!({"name": name}));
+    let mut other = d.client();
+    other.send_line(
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "project.exec",
+            "params": {"name": name, "command": ["sh", "-c", "sleep 2; echo survived"]}})
+        .to_string(),
+    );
+    // 1.2 MB of arguments: a request the daemon takes, more than one agent frame holds.
+    let mut argv = vec!["true".to_string()];
+    argv.extend(std::iter::repeat_n("a".repeat(60_000), 20));
+    let r = d.ok("project.exec", json!({"name": name, "command": argv}));
+    assert_eq!((r["exit_code"].clone(), r["path"].clone()), (json!(0), json!("exec")), "{}", r["stderr"]);
+    let (o, _) = other.read_response();
+    assert_eq!(o["result"]["stdout"], "survived\n", "{o}");
+    assert_eq!(o["result"]["path"], "agent");
+}
+
+#[test]
+fn a_container_whose_socket_path_was_spoiled_is_kept_and_its_agent_comes_back() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("spoiled");
+    d.ok("project.create", json!({"name": name}));
+    let container = format!("berth-{name}");
+    let id = docker_inspect(&container, "{{.Id}}").unwrap();
+    // Something in the container leaves a directory where the agent's socket goes, and a
+    // file of its own in the container's root.
+    let spoil = "echo mine > /root/keep; rm -f /.berth/run/agent.sock; mkdir /.berth/run/agent.sock";
+    assert_eq!(d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", spoil]}))["exit_code"], 0);
+    d.ok("project.stop", json!({"name": name}));
+    let r = d.ok("project.exec", json!({"name": name, "command": ["cat", "/root/keep"]}));
+    assert_eq!((r["stdout"].as_str(), r["path"].as_str()), (Some("mine\n"), Some("agent")), "{r}");
+    assert_eq!(docker_inspect(&container, "{{.Id}}").unwrap(), id, "the same container");
+}

@@ -236,7 +236,8 @@ fn stopping_a_project_fails_its_running_execs(path: ExecPath) {
     d.ok("project.stop", json!({"name": name}));
     let (r, _) = c.read_response();
     assert_eq!(r["error"]["data"]["kind"], "runtime_error", "{r}");
-    assert!(r["error"]["message"].as_str().unwrap().contains("stopped or deleted"), "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("stopped or deleted") && msg.contains("it was killed"), "{r}");
 }
 
 #[test]

@@ -349,14 +349,16 @@ impl Service {
                 Ok(mut o) => {
                     let what = format!("{:?} in project {}", e.argv[0], e.name);
                     if o.cancelled {
-                        let why = if conn.gone.is_cancelled() {
-                            "the connection closed (or berthd is shutting down)"
-                        } else {
-                            "the project was stopped or deleted"
+                        let by_client = conn.gone.is_cancelled();
+                        let why = match by_client {
+                            true => "the connection closed (or berthd is shutting down)",
+                            false => "the project was stopped or deleted",
                         };
-                        let fate = match &o.kill_error {
-                            None => "it was killed".to_string(),
-                            Some(k) => format!("it could NOT be killed ({k}) and may still run"),
+                        // A stop or delete takes the container, and every process in it,
+                        // right after cancelling its execs: a kill that raced it is moot.
+                        let fate = match (&o.kill_error, by_client) {
+                            (Some(k), true) => format!("it could NOT be killed ({k}) and may still run"),
+                            _ => "it was killed".to_string(),
                         };
                         let err = Error::new(ErrorKind::RuntimeError, format!("{why} while {what} ran; {fate}"));
                         return Err((err, Some(lease.runtime)));

@@ -338,6 +338,9 @@ impl Capture {
         *seen += keep;
         if keep < data.len() {
             self.truncated = true;
+            // Nothing more of this stream is kept, even if room frees up later: output
+            // is cut at one place, never missing a piece from its middle.
+            *seen = self.max;
         }
         if keep == 0 {
             return;
@@ -519,6 +522,18 @@ mod tests {
         assert_eq!(b.used(), 3, "a finished exec's output is given back when its result is gone");
         drop(o2);
         assert_eq!(b.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_short_by_the_budget_keeps_no_later_piece() {
+        let b = Budget::new(4);
+        let mut c = Capture::new(100, None, b.clone());
+        let hog = b.reserve(4);
+        c.push(StreamKind::Stdout, Bytes::from_static(b"lost")).await;
+        drop(hog);
+        c.push(StreamKind::Stdout, Bytes::from_static(b"late")).await;
+        let o = c.finish(0, false, false);
+        assert!(o.stdout.is_empty() && o.truncated, "{:?}", o.stdout);
     }
 
     #[tokio::test]

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_wire::{FailReason, Frame, Start, Stream, MAX_CHUNK};
+use std::sync::atomic::Ordering;
+
+use berth_wire::{FailReason, Frame, Start, Stream, MAX_CHUNK, MAX_FRAME};
 use tokio_util::sync::CancellationToken;
 
 use super::{AgentConn, AgentError, Event};
@@ -35,6 +37,17 @@ impl From<AgentError> for AgentExecError {
     }
 }
 
+/// Whether the command fits one `Start` frame (argv and env are not limited otherwise:
+/// a request up to `server.max_line` can take more). Larger ones take the exec path.
+pub fn fits(spec: &ExecSpec) -> bool {
+    let workdir = spec.workdir.as_ref().map(|w| w.as_str().len()).unwrap_or("/workspace".len());
+    let argv: usize = spec.argv.iter().map(|a| 4 + a.len()).sum();
+    let env: usize = spec.env.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+    // kind + id, the two list counts, the workdir and the stdin flag.
+    let len = 5 + 4 + argv + 4 + env + 4 + workdir + 1;
+    len <= MAX_FRAME
+}
+
 impl AgentConn {
     pub async fn exec(
         self: &Arc<Self>,
@@ -42,7 +55,11 @@ impl AgentConn {
         mut capture: Capture,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, AgentExecError> {
-        let (id, mut events) = self.register();
+        let (id, mut events, unacked) = self.register();
+        let ack = |n: u32| {
+            unacked.fetch_sub(u64::from(n), Ordering::AcqRel);
+            self.send(Frame::Ack { id, bytes: n })
+        };
         let _done = Unregister(self.clone(), id);
         let workdir = spec.workdir.as_ref().map(|w| w.as_str().to_string()).unwrap_or_else(|| "/workspace".into());
         let start = Start {
@@ -83,7 +100,7 @@ impl AgentConn {
                         stopped = Some(why);
                         break None;
                     }
-                    self.send(Frame::Ack { id, bytes: n })?;
+                    ack(n)?;
                 }
                 f @ (Frame::Exited { .. } | Frame::Failed { .. }) => break Some(f),
                 _ => {}
@@ -102,13 +119,16 @@ impl AgentConn {
                                 let n = data.len() as u32;
                                 let push = capture.push(stream_kind(stream), data.into());
                                 let _ = tokio::time::timeout(PUSH_WHILE_KILLING, push).await;
-                                let _ = self.send(Frame::Ack { id, bytes: n });
+                                let _ = ack(n);
                             }
                             Frame::Exited { .. } | Frame::Failed { .. } => return Ok(()),
                             _ => {}
                         }
                     }
-                    Err("the agent connection closed before it confirmed the kill".to_string())
+                    // The connection closed (berthd stopping the project closes it): the agent
+                    // kills every command of a closed connection, and a dead agent takes
+                    // its container's processes with it.
+                    Ok(())
                 };
                 let killed = match tokio::time::timeout(KILL_WAIT, wait).await {
                     Ok(r) => r,

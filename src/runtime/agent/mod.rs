@@ -13,17 +13,19 @@
 
 mod exec;
 
-pub use exec::AgentExecError;
+pub use exec::{fits, AgentExecError};
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_wire::{Decoder, Frame, VERSION};
+use berth_wire::{Decoder, Frame, MAX_CHUNK, VERSION, WINDOW};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -52,6 +54,10 @@ pub enum AgentError {
     /// Something answered that is not this project's agent.
     #[error("{0}")]
     Forged(String),
+    /// What is there cannot be used and will not become usable by waiting (not a
+    /// socket, permission denied).
+    #[error("no usable agent: {0}")]
+    Refused(String),
     /// The connection died while a command ran.
     #[error("{0}")]
     Lost(String),
@@ -65,6 +71,9 @@ pub struct Agents {
     run: PathBuf,
     access: Access,
     conns: Mutex<HashMap<ProjectName, Arc<AgentConn>>>,
+    /// One connect at a time per project: racing connects would each replace (and so
+    /// close, killing its commands) the other's connection.
+    connecting: Mutex<HashMap<ProjectName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Agents {
@@ -82,9 +91,11 @@ impl Agents {
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
             std::fs::rename(&tmp, &binary)?;
         }
+        // Only berthd gets through `run/` on the host: containers reach their own directory
+        // by its bind mount, and no local user (local execs included) reaches any agent.
         let run = state_dir.join("run");
-        make_private_dir(&run, 0o711)?;
-        Ok(Agents { binary, run, access, conns: Mutex::new(HashMap::new()) })
+        make_private_dir(&run, 0o700)?;
+        Ok(Agents { binary, run, access, conns: Mutex::default(), connecting: Mutex::default() })
     }
 
     pub fn binary(&self) -> &Path {
@@ -98,6 +109,22 @@ impl Agents {
         make_private_dir(&dir, 0o700)?;
         std::os::unix::fs::lchown(&dir, Some(self.access.uid), Some(self.access.gid))?;
         Ok(dir)
+    }
+
+    /// Removes whatever is at the project's socket path if it is not a socket (a file,
+    /// a directory or a link a container left there), so that its agent can start.
+    pub fn clear_socket_path(&self, project: &ProjectName) {
+        let sock = self.run.join(project.as_str()).join(SOCKET_NAME);
+        match std::fs::symlink_metadata(&sock) {
+            Ok(m) if m.file_type().is_socket() => {}
+            Ok(m) if m.is_dir() => {
+                let _ = std::fs::remove_dir_all(&sock);
+            }
+            Ok(_) => {
+                let _ = std::fs::remove_file(&sock);
+            }
+            Err(_) => {}
+        }
     }
 
     /// Removes a deleted project's run dir.
@@ -128,13 +155,21 @@ impl Agents {
         if let Some(c) = self.cached(project).filter(|c| c.agent_pid == container_pid) {
             return Ok(c);
         }
+        let lock = {
+            let mut m = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(project.clone()).or_default().clone()
+        };
+        let _one = lock.lock().await;
+        // Made by the connect this one waited for.
+        if let Some(c) = self.cached(project).filter(|c| c.agent_pid == container_pid) {
+            return Ok(c);
+        }
         let sock = self.run.join(project.as_str()).join(SOCKET_NAME);
         let conn = AgentConn::open(project, &sock, container_pid).await?;
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = conns.insert(project.clone(), conn.clone()) {
-            if !Arc::ptr_eq(&old, &conn) {
-                old.closed.cancel();
-            }
+            // A connection to a previous agent (the container restarted).
+            old.closed.cancel();
         }
         Ok(conn)
     }
@@ -166,7 +201,10 @@ pub struct AgentConn {
     /// The agent's pid as the host sees it (the container's PID 1).
     agent_pid: u32,
     out: mpsc::UnboundedSender<Frame>,
-    calls: Mutex<HashMap<u32, mpsc::UnboundedSender<Event>>>,
+    /// Each running command's events, and its output not yet acknowledged: an agent that
+    /// sends past its window (a hijacked PID 1) loses the connection instead of filling
+    /// berthd's memory.
+    calls: Mutex<HashMap<u32, (mpsc::UnboundedSender<Event>, Arc<AtomicU64>)>>,
     pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     next_id: AtomicU32,
     closed: CancellationToken,
@@ -175,16 +213,27 @@ pub struct AgentConn {
 impl AgentConn {
     async fn open(project: &ProjectName, sock: &Path, container_pid: u32) -> Result<Arc<AgentConn>, AgentError> {
         let unavailable = |why: String| AgentError::Unavailable(format!("project {project}: {why}"));
-        // Never through a link a container planted (the peer check below is what decides;
-        // this refuses the obvious cases without connecting at all).
-        let meta = std::fs::symlink_metadata(sock).map_err(|e| unavailable(format!("{}: {e}", sock.display())))?;
+        // Never through a link a container planted: the socket's inode is pinned (an
+        // O_PATH descriptor that does not follow a final symlink) and checked, and the
+        // connect goes to that very inode, so nothing can be swapped in between. The peer
+        // check below is what decides; this refuses the obvious cases without connecting.
+        let pinned = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(sock)
+            .map_err(|e| unavailable(format!("{}: {e}", sock.display())))?;
+        let meta = pinned.metadata().map_err(|e| unavailable(format!("{}: {e}", sock.display())))?;
         if !meta.file_type().is_socket() {
-            return Err(unavailable(format!("{} is not a socket; not connecting", sock.display())));
+            return Err(AgentError::Refused(format!("{} is not a socket; not connecting", sock.display())));
         }
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(sock))
+        let via = PathBuf::from(format!("/proc/self/fd/{}", pinned.as_raw_fd()));
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&via))
             .await
             .map_err(|_| unavailable(format!("{} did not accept within {CONNECT_TIMEOUT:?}", sock.display())))?
-            .map_err(|e| unavailable(format!("{}: {e}", sock.display())))?;
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::PermissionDenied => AgentError::Refused(format!("{}: {e}", sock.display())),
+                _ => unavailable(format!("{}: {e}", sock.display())),
+            })?;
         let peer = stream.peer_cred().map_err(|e| unavailable(format!("peer credentials: {e}")))?;
         match peer.pid() {
             Some(pid) if pid as u32 == container_pid => {}
@@ -264,12 +313,14 @@ impl AgentConn {
             .map_err(|_| AgentError::Lost(format!("the connection to project {}'s agent is closed", self.project)))
     }
 
-    /// Registers a new command and returns its id and where its events arrive.
-    fn register(&self) -> (u32, mpsc::UnboundedReceiver<Event>) {
+    /// Registers a new command and returns its id, where its events arrive, and its
+    /// count of unacknowledged output.
+    fn register(&self) -> (u32, mpsc::UnboundedReceiver<Event>, Arc<AtomicU64>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-        (id, rx)
+        let unacked = Arc::new(AtomicU64::new(0));
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (tx, unacked.clone()));
+        (id, rx, unacked)
     }
 
     fn unregister(&self, id: u32) {
@@ -281,10 +332,10 @@ impl AgentConn {
         let nonce = u64::from(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         self.pings.lock().unwrap_or_else(|p| p.into_inner()).insert(nonce, tx);
-        if self.send(Frame::Ping { nonce }).is_err() {
-            return false;
-        }
-        matches!(tokio::time::timeout(within, rx).await, Ok(Ok(())))
+        let answered =
+            self.send(Frame::Ping { nonce }).is_ok() && matches!(tokio::time::timeout(within, rx).await, Ok(Ok(())));
+        self.pings.lock().unwrap_or_else(|p| p.into_inner()).remove(&nonce);
+        answered
     }
 
     pub fn is_closed(&self) -> bool {
@@ -352,7 +403,13 @@ async fn read_loop(
                 f @ (Frame::Output { .. } | Frame::Exited { .. } | Frame::Failed { .. }) => {
                     let id = f.id().unwrap_or(0);
                     let calls = conn.calls.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(tx) = calls.get(&id) {
+                    if let Some((tx, unacked)) = calls.get(&id) {
+                        if let Frame::Output { data, .. } = &f {
+                            let n = unacked.fetch_add(data.len() as u64, Ordering::AcqRel) + data.len() as u64;
+                            if n > u64::from(WINDOW) + MAX_CHUNK as u64 {
+                                return format!("the agent sent {n} bytes past its window for command {id}");
+                            }
+                        }
                         let _ = tx.send(Event::Frame(f));
                     }
                 }

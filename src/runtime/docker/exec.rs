@@ -272,6 +272,9 @@ async fn kill_tree(rt: &DockerRuntime, docker: &Docker, container: &str, marker:
     };
     let res = match tokio::time::timeout(rt.settings.api_timeout, run).await {
         Ok(Ok((0, _))) => return Ok(()),
+        // The container stopped (a stop or delete is what cancelled the exec): its
+        // processes went with it.
+        _ if !container_runs(rt, docker, container).await => return Ok(()),
         Ok(Ok((code, said))) => match start_failure(code, &said) {
             Some(_) => "the image has no /bin/sh to run the kill with".to_string(),
             None => format!("the kill exited {code}: {}", String::from_utf8_lossy(&said).trim()),
@@ -281,6 +284,16 @@ async fn kill_tree(rt: &DockerRuntime, docker: &Docker, container: &str, marker:
     };
     tracing::warn!(%container, error = %res, "could not kill an exec's processes");
     Err(res)
+}
+
+async fn container_runs(rt: &DockerRuntime, docker: &Docker, container: &str) -> bool {
+    let inspect = tokio::time::timeout(rt.settings.api_timeout, docker.inspect_container(container, None)).await;
+    match inspect {
+        Ok(Ok(c)) => c.state.and_then(|s| s.running).unwrap_or(false),
+        // Gone: nothing of it runs. Unknown (the engine did not say): assume it runs.
+        Ok(Err(e)) => !DockerRuntime::is_not_found(&e),
+        Err(_) => true,
+    }
 }
 
 /// The exec's exit code once the engine has it; `None` if it still runs after `grace`

@@ -29,7 +29,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::agent::{
-    AgentConn, AgentError, AgentExecError, Agents, AGENT_IN_CONTAINER, RUN_IN_CONTAINER, SOCKET_IN_CONTAINER,
+    fits, AgentConn, AgentError, AgentExecError, Agents, AGENT_IN_CONTAINER, RUN_IN_CONTAINER, SOCKET_IN_CONTAINER,
 };
 use super::{Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, Runtime, RuntimeError, RuntimeKind};
 use crate::config::Config;
@@ -510,7 +510,7 @@ impl DockerRuntime {
             };
             match agents.connect(project, pid).await {
                 Ok(_) => return true,
-                Err(AgentError::Forged(_)) => return false,
+                Err(AgentError::Forged(_) | AgentError::Refused(_) | AgentError::Protocol(_)) => return false,
                 Err(_) if tokio::time::Instant::now() >= deadline => return false,
                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
@@ -544,11 +544,15 @@ impl Runtime for DockerRuntime {
     async fn ensure_running(&self, spec: &ContainerSpec<'_>) -> Result<Option<ContainerInfo>, RuntimeError> {
         let docker = self.client().await?;
         let name = Self::container_name(spec.project);
-        let with_agent = match self.inspect_raw(&docker, spec.project).await? {
+        // (the container has an agent, it was made by this call)
+        let (with_agent, made_now) = match self.inspect_raw(&docker, spec.project).await? {
             Some(info) if info.running => return Ok(Some(info)),
             Some(info) => {
+                if let (true, Some(a)) = (info.agent, &self.agents) {
+                    a.clear_socket_path(spec.project);
+                }
                 self.start_raw(&docker, &name).await?;
-                info.agent
+                (info.agent, false)
             }
             None => {
                 self.ensure_network(&docker).await?;
@@ -565,12 +569,15 @@ impl Runtime for DockerRuntime {
                 let body = self.create_body(spec, agent.as_ref().map(|(b, r)| (b.as_path(), r.as_path())));
                 self.create_raw(&docker, &name, body).await?;
                 self.start_raw(&docker, &name).await?;
-                agent.is_some()
+                (agent.is_some(), true)
             }
         };
         if with_agent && !self.agent_comes_up(spec.project).await {
+            // Only a container made just now is re-made: an existing one (and whatever is
+            // in it) is never thrown away because its agent did not come up; its execs
+            // take the exec path.
             let stopped = !self.inspect_raw(&docker, spec.project).await?.is_some_and(|i| i.running);
-            if stopped {
+            if stopped && made_now {
                 // The agent cannot run in this image: fall back to the old way, never fail.
                 tracing::warn!(project = %spec.project, image = %spec.image, "berth-agent did not start in this image; re-creating the container without it");
                 self.remove_raw(&docker, &name).await?;
@@ -686,9 +693,10 @@ impl Runtime for DockerRuntime {
         // Through the agent where the container has one that answers; otherwise (a
         // container made before the agent, an image it cannot run in, an agent that is
         // gone) through the engine's exec, and the result says which.
-        let agent = match spec.engine_exec {
-            true => Err(AgentError::Unavailable("the request asked for the exec path".into())),
-            false => self.agent_for(project).await,
+        let agent = match (spec.engine_exec, fits(&spec)) {
+            (true, _) => Err(AgentError::Unavailable("the request asked for the exec path".into())),
+            (_, false) => Err(AgentError::Unavailable("the command is larger than one agent frame".into())),
+            _ => self.agent_for(project).await,
         };
         match agent {
             Ok(conn) => {
