@@ -195,6 +195,9 @@ enum Event {
     Frame(Frame),
 }
 
+/// A running command's event channel and its unacknowledged output.
+type Call = (mpsc::UnboundedSender<Event>, Arc<AtomicU64>);
+
 /// One connection to one project's agent, shared by that project's execs.
 pub struct AgentConn {
     project: ProjectName,
@@ -204,7 +207,7 @@ pub struct AgentConn {
     /// Each running command's events, and its output not yet acknowledged: an agent that
     /// sends past its window (a hijacked PID 1) loses the connection instead of filling
     /// berthd's memory.
-    calls: Mutex<HashMap<u32, (mpsc::UnboundedSender<Event>, Arc<AtomicU64>)>>,
+    calls: Mutex<HashMap<u32, Call>>,
     pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     next_id: AtomicU32,
     closed: CancellationToken,
