@@ -275,6 +275,10 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
     }
     let k = buf[4];
     let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
+    if matches!(k, kind::HELLO | kind::PING | kind::PONG | kind::ERROR) && id != 0 {
+        // Frames about no command carry id 0, so every frame has one encoding.
+        return Err(WireError::Malformed { kind: k, why: "a frame about no command must carry id 0" });
+    }
     let mut r = Reader { buf: &buf[HEADER..4 + len], kind: k };
     let frame = match k {
         kind::HELLO => Frame::Hello { version: r.u16()?, pid: r.u32()? },
@@ -552,6 +556,10 @@ mod tests {
         let mut unknown = Frame::Kill { id: 1 }.to_bytes();
         unknown[4] = 200;
         assert_eq!(decode(&unknown), Err(WireError::UnknownKind(200)));
+        // The fuzzer's find: an id on a frame that is about no command.
+        let mut odd = Frame::Error { message: String::new() }.to_bytes();
+        odd[5..9].copy_from_slice(&0xff0a_f547u32.to_be_bytes());
+        assert!(matches!(decode(&odd), Err(WireError::Malformed { .. })));
         // Data past MAX_CHUNK.
         let big = Frame::Output { id: 1, stream: Stream::Stdout, data: vec![0; MAX_CHUNK + 1] }.to_bytes();
         assert!(matches!(decode(&big), Err(WireError::Malformed { .. })));
