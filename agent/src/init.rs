@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::sync::{LazyLock, Mutex, MutexGuard};
@@ -14,6 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::command::{Handle, Msg};
+use crate::shim;
 use crate::sys::{self, pid_t, SigSet};
 
 /// How long shutdown waits for the shims to kill their trees before exiting anyway.
@@ -34,16 +36,17 @@ fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Spawns a shim and registers it under its pid, atomically with respect to the reaper:
-/// a shim that dies at once is still dispatched to its command, never taken for an orphan.
-pub fn spawn_shim(spawn: impl FnOnce() -> io::Result<pid_t>, h: &Handle) -> io::Result<pid_t> {
+/// Spawns a shim for `h`'s command and registers it under its pid, atomically with
+/// respect to the reaper: a shim that dies at once is still dispatched to its command,
+/// never taken for an orphan.
+pub fn spawn_shim(h: &Handle) -> io::Result<(pid_t, OwnedFd)> {
     let mut r = registry();
     if r.stopping {
         return Err(io::Error::other("the agent is shutting down"));
     }
-    let pid = spawn()?;
+    let (pid, ctl) = shim::spawn()?;
     r.shims.insert(pid, h.clone());
-    Ok(pid)
+    Ok((pid, ctl))
 }
 
 /// Blocks the signals the signal thread waits for, in this (the main, still only) thread
@@ -81,7 +84,7 @@ fn reap() {
     while let Some((pid, status)) = sys::reap_one() {
         let shim = registry().shims.remove(&pid);
         if let Some(h) = shim {
-            h.send(Msg::ShimExited(status));
+            h.send(Msg::ShimExited(pid, status));
         }
     }
 }

@@ -52,7 +52,7 @@ fn parse(args: &[OsString]) -> Result<Cli, String> {
 fn main() {
     let args: Vec<OsString> = env::args_os().skip(1).collect();
     if args.first().is_some_and(|a| a == "--shim") {
-        process::exit(shim::main(&args[1..]));
+        process::exit(shim::main());
     }
     match parse(&args) {
         Ok(Cli::Version) => {
