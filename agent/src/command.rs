@@ -1,8 +1,9 @@
-//! One command, agent side: spawns its shim and hands it the command, and then runs a
-//! pump thread that moves its bytes — stdin in, stdout/stderr out as `Output` frames within the flow-control window —
-//! relays kills and signals to the shim, and ends with exactly one `Exited` or `Failed`.
-//! The pump never waits for a process itself: statuses come from the shim (or, if the
-//! shim dies, from the reaper in `init`).
+//! One command, agent side: hands it to the idle shim (or, when none is ready, to a
+//! freshly spawned one) and then runs a pump thread that moves its bytes — stdin in,
+//! stdout/stderr out as `Output` frames within the flow-control window — relays kills
+//! and signals to the shim, and ends with exactly one `Exited` or `Failed`. The pump
+//! never waits for a process itself: statuses come from the shim (or, if the shim dies,
+//! from the reaper in `init`).
 
 use std::ffi::OsString;
 use std::io;
@@ -101,7 +102,8 @@ fn launch_message(s: &Start, env: &[(OsString, OsString)]) -> Result<Launch, Str
     Ok(Launch { workdir, argv, env: envp })
 }
 
-/// Creates the command's pipes, spawns a shim and gives it the command.
+/// Creates the command's pipes and gives the command to a shim: the idle one if it is
+/// alive to take it, else a fresh one.
 fn launch(s: &Start, env: &[(OsString, OsString)], h: &Handle) -> Result<Fds, (FailReason, String)> {
     let other = |m: String| (FailReason::Other, m);
     let io = |what: &'static str| move |e: io::Error| (FailReason::Other, format!("{what}: {e}"));
@@ -115,8 +117,21 @@ fn launch(s: &Start, env: &[(OsString, OsString)], h: &Handle) -> Result<Fds, (F
         (sys::dev_null(false).map_err(io("/dev/null"))?, None)
     };
     let fds = [stdin_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
-    let (shim, ctl) = init::spawn_shim(h).map_err(io("cannot start the shim"))?;
-    msg.send(ctl.as_raw_fd(), fds).map_err(io("cannot start the shim"))?;
+    let idle = init::take_idle(h).and_then(|(pid, ctl)| match msg.send(ctl.as_raw_fd(), fds) {
+        Ok(()) => Some((pid, ctl)),
+        Err(_) => {
+            init::give_up(pid);
+            None
+        }
+    });
+    let (shim, ctl) = match idle {
+        Some(taken) => taken,
+        None => {
+            let (pid, ctl) = init::spawn_shim(h).map_err(io("cannot start the shim"))?;
+            msg.send(ctl.as_raw_fd(), fds).map_err(io("cannot start the shim"))?;
+            (pid, ctl)
+        }
+    };
     drop((stdin_r, out_w, err_w));
     for fd in [Some(&out_r), Some(&err_r), Some(&ctl), stdin_w.as_ref()].into_iter().flatten() {
         sys::set_nonblocking(fd).map_err(io("fcntl"))?;
@@ -265,6 +280,7 @@ impl Pump {
             }
             Msg::Signal(sig) => self.tell(ToShim::Signal(sig)),
             Msg::ShimExited(pid, status) if pid == self.shim => self.shim_status = Some(status),
+            // An idle shim that died before it could be given this command.
             Msg::ShimExited(..) => {}
         }
         self.flush_stdin();

@@ -1,12 +1,12 @@
 //! The per-command shim (`berth-agent --shim`): a single-threaded process the agent
-//! starts for every command. It first waits on the control channel (descriptor 3, see
-//! `ctl`) for a `Launch`: the command, its full environment, its working directory and
-//! its descriptors 0–2 (its own 0–2 are `/dev/null`). It is a child subreaper from the
-//! start; it enters the working directory, spawns the command, and then waits for it: it
-//! alone reaps the command (so its status is never stolen) and every orphan the command
-//! leaves, and on request freezes and kills the whole tree. If the agent goes away before
-//! sending a launch, the shim just exits. This file also holds how the agent starts a
-//! shim (`spawn`).
+//! starts ahead of need, so that its exec is off a command's critical path. Idle, it
+//! waits on the control channel (descriptor 3, see `ctl`) for a `Launch`: the command,
+//! its full environment, its working directory and its descriptors 0–2 (its own 0–2 are
+//! `/dev/null`). It is a child subreaper from the start; it enters the working directory,
+//! spawns the command, and then waits for it: it alone reaps the command (so its status
+//! is never stolen) and every orphan the command leaves, and on request freezes and kills
+//! the whole tree. If the agent goes away while the shim is idle, the shim just exits.
+//! This file also holds how the agent starts a shim (`spawn`).
 
 use std::ffi::{CStr, CString};
 use std::io;
