@@ -44,7 +44,7 @@ pub fn main() -> i32 {
     sys::set_name(c"berth-shim");
     sys::setsid();
     let _ = sys::set_child_subreaper();
-    // Idle until here. No launch: the agent is gone (or never meant to use us).
+    // Idle: wait for the command. None coming means the agent is gone.
     let Some((launch, fds)) = Launch::recv(ctl.as_raw_fd()) else { return 0 };
     let report = |m: FromShim| {
         let _ = sys::send(ctl.as_raw_fd(), &m.encode());
