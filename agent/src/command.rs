@@ -1,10 +1,11 @@
-//! One command, agent side: spawns its shim and then runs a pump thread that moves its
-//! bytes — stdin in, stdout/stderr out as `Output` frames within the flow-control window —
-//! relays kills and signals to the shim, and ends with exactly one `Exited` or `Failed`.
-//! The pump never waits for a process itself: statuses come from the shim (or, if the
-//! shim dies, from the reaper in `init`).
+//! One command, agent side: hands it to the idle shim (or, when none is ready, to a
+//! freshly spawned one) and then runs a pump thread that moves its bytes — stdin in,
+//! stdout/stderr out as `Output` frames within the flow-control window — relays kills
+//! and signals to the shim, and ends with exactly one `Exited` or `Failed`. The pump
+//! never waits for a process itself: statuses come from the shim (or, if the shim dies,
+//! from the reaper in `init`).
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use berth_wire::{FailReason, Frame, Start, Stream, MAX_CHUNK, WINDOW};
 
 use crate::conn::{Out, Outbox};
-use crate::ctl::{FromShim, ToShim};
+use crate::ctl::{FromShim, Launch, ToShim};
 use crate::init;
 use crate::sys;
 
@@ -32,8 +33,8 @@ pub enum Msg {
     Ack(u32),
     Kill,
     Signal(i32),
-    /// The shim itself ended, with this raw wait status.
-    ShimExited(libc::c_int),
+    /// The shim with this pid ended, with this raw wait status.
+    ShimExited(sys::pid_t, libc::c_int),
 }
 
 /// The way to reach a command's pump; cheap to clone.
@@ -54,7 +55,7 @@ impl Handle {
 /// The container's environment, which every command starts from.
 pub type BaseEnv = Arc<Vec<(OsString, OsString)>>;
 
-/// Starts a command's pump (which spawns its shim). `done` runs once the command is over,
+/// Starts a command's pump (which first gives the command to a shim). `done` runs once the command is over,
 /// just before its final frame is queued.
 pub fn start(s: Start, env: BaseEnv, out: Outbox, done: Box<dyn FnOnce() + Send>) -> io::Result<Handle> {
     let (tx, rx) = mpsc::channel();
@@ -72,16 +73,14 @@ pub fn start(s: Start, env: BaseEnv, out: Outbox, done: Box<dyn FnOnce() + Send>
     Ok(handle)
 }
 
-/// The shim's command line and environment for `s`, or why `s` cannot run.
-fn shim_invocation(s: &Start, env: &[(OsString, OsString)]) -> Result<(Vec<CString>, Vec<CString>), String> {
+/// What the shim is to run for `s`: the environment is the agent's with `s.env` set over
+/// it. Or why `s` cannot run.
+fn launch_message(s: &Start, env: &[(OsString, OsString)]) -> Result<Launch, String> {
     if s.argv.is_empty() {
         return Err("empty command".into());
     }
-    let mut argv = vec![CString::from(c"berth-agent"), CString::from(c"--shim")];
-    argv.push(sys::cstring(&s.workdir, "the working directory")?);
-    for a in &s.argv {
-        argv.push(sys::cstring(a, "an argument")?);
-    }
+    let workdir = sys::cstring(&s.workdir, "the working directory")?;
+    let argv = s.argv.iter().map(|a| sys::cstring(a, "an argument")).collect::<Result<_, _>>()?;
     let mut merged: Vec<(&[u8], &[u8])> = env.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
     for (k, v) in &s.env {
         if k.is_empty() || k.contains(&b'=') {
@@ -100,14 +99,15 @@ fn shim_invocation(s: &Start, env: &[(OsString, OsString)]) -> Result<(Vec<CStri
         kv.extend_from_slice(v);
         envp.push(sys::cstring(&kv, "an environment variable")?);
     }
-    Ok((argv, envp))
+    Ok(Launch { workdir, argv, env: envp })
 }
 
-/// Creates the command's pipes and spawns its shim.
+/// Creates the command's pipes and gives the command to a shim: the idle one if it is
+/// alive to take it, else a fresh one.
 fn launch(s: &Start, env: &[(OsString, OsString)], h: &Handle) -> Result<Fds, (FailReason, String)> {
     let other = |m: String| (FailReason::Other, m);
     let io = |what: &'static str| move |e: io::Error| (FailReason::Other, format!("{what}: {e}"));
-    let (argv, envp) = shim_invocation(s, env).map_err(other)?;
+    let msg = launch_message(s, env).map_err(other)?;
     let (out_r, out_w) = sys::pipe().map_err(io("pipe"))?;
     let (err_r, err_w) = sys::pipe().map_err(io("pipe"))?;
     let (stdin_r, stdin_w) = if s.stdin {
@@ -116,15 +116,27 @@ fn launch(s: &Start, env: &[(OsString, OsString)], h: &Handle) -> Result<Fds, (F
     } else {
         (sys::dev_null(false).map_err(io("/dev/null"))?, None)
     };
-    let (ctl, ctl_shim) = sys::seqpacket_pair().map_err(io("socketpair"))?;
-    let fds = [stdin_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd(), ctl_shim.as_raw_fd()];
-    init::spawn_shim(|| sys::spawn(c"/proc/self/exe", &argv, Some(&envp), &fds, false), h)
-        .map_err(io("cannot start the shim"))?;
-    drop((stdin_r, out_w, err_w, ctl_shim));
+    let fds = [stdin_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+    let idle = init::take_idle(h).and_then(|(pid, ctl)| match msg.send(ctl.as_raw_fd(), fds) {
+        Ok(()) => Some((pid, ctl)),
+        Err(_) => {
+            init::give_up(pid);
+            None
+        }
+    });
+    let (shim, ctl) = match idle {
+        Some(taken) => taken,
+        None => {
+            let (pid, ctl) = init::spawn_shim(h).map_err(io("cannot start the shim"))?;
+            msg.send(ctl.as_raw_fd(), fds).map_err(io("cannot start the shim"))?;
+            (pid, ctl)
+        }
+    };
+    drop((stdin_r, out_w, err_w));
     for fd in [Some(&out_r), Some(&err_r), Some(&ctl), stdin_w.as_ref()].into_iter().flatten() {
         sys::set_nonblocking(fd).map_err(io("fcntl"))?;
     }
-    Ok(Fds { stdout: out_r, stderr: err_r, stdin: stdin_w, ctl })
+    Ok(Fds { stdout: out_r, stderr: err_r, stdin: stdin_w, ctl, shim })
 }
 
 /// The agent's ends of a running command's pipes and control channel.
@@ -133,6 +145,7 @@ struct Fds {
     stderr: OwnedFd,
     stdin: Option<OwnedFd>,
     ctl: OwnedFd,
+    shim: sys::pid_t,
 }
 
 struct Pump {
@@ -146,6 +159,7 @@ struct Pump {
     stdin_buf: Vec<u8>,
     stdin_end: bool,
     ctl: Option<OwnedFd>,
+    shim: sys::pid_t,
     unacked: u32,
     exit: Option<(i32, i32)>,
     failed: Option<(FailReason, String)>,
@@ -167,6 +181,7 @@ impl Pump {
             stdin_buf: Vec::new(),
             stdin_end: false,
             ctl: Some(fds.ctl),
+            shim: fds.shim,
             unacked: 0,
             exit: None,
             failed: None,
@@ -264,7 +279,9 @@ impl Pump {
                 self.tell(ToShim::Kill);
             }
             Msg::Signal(sig) => self.tell(ToShim::Signal(sig)),
-            Msg::ShimExited(status) => self.shim_status = Some(status),
+            Msg::ShimExited(pid, status) if pid == self.shim => self.shim_status = Some(status),
+            // An idle shim that died before it could be given this command.
+            Msg::ShimExited(..) => {}
         }
         self.flush_stdin();
     }
@@ -358,10 +375,11 @@ mod tests {
     #[test]
     fn start_env_is_set_over_the_base_env() {
         let base = vec![("PATH".into(), "/bin".into()), ("KEEP".into(), "1".into())];
-        let (argv, envp) = shim_invocation(&start(&["ls", "-l"], &[("PATH", "/x"), ("NEW", "")]), &base).unwrap();
-        let strs = |v: Vec<CString>| v.into_iter().map(|c| c.into_string().unwrap()).collect::<Vec<_>>();
-        assert_eq!(strs(argv), ["berth-agent", "--shim", "/tmp", "ls", "-l"]);
-        assert_eq!(strs(envp), ["PATH=/x", "KEEP=1", "NEW="]);
+        let l = launch_message(&start(&["ls", "-l"], &[("PATH", "/x"), ("NEW", "")]), &base).unwrap();
+        let strs = |v: Vec<std::ffi::CString>| v.into_iter().map(|c| c.into_string().unwrap()).collect::<Vec<_>>();
+        assert_eq!(l.workdir.to_str(), Ok("/tmp"));
+        assert_eq!(strs(l.argv), ["ls", "-l"]);
+        assert_eq!(strs(l.env), ["PATH=/x", "KEEP=1", "NEW="]);
     }
 
     #[test]
@@ -374,7 +392,7 @@ mod tests {
             (vec!["ls"], vec![("", "1")]),
             (vec!["ls"], vec![("A", "x\0")]),
         ] {
-            assert!(shim_invocation(&start(&argv, &env), &base).is_err(), "{argv:?} {env:?}");
+            assert!(launch_message(&start(&argv, &env), &base).is_err(), "{argv:?} {env:?}");
         }
     }
 }

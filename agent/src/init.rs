@@ -1,20 +1,28 @@
 //! PID 1 duties, done the same way when the agent is a plain process: the registry of live
-//! shims (pid → command), and the one signal thread that reaps every child (dispatching
-//! shim statuses by pid, dropping orphans'), forwards SIGHUP/SIGUSR1/SIGUSR2/SIGWINCH to
-//! every command's tree, and on SIGTERM/SIGINT/SIGQUIT kills every tree and exits 0.
-//! Nothing else in the agent calls `waitpid`.
+//! shims (pid → command), the pool of one idle shim kept ready for the next command (and
+//! the thread that refills it), and the one signal thread that reaps every child
+//! (dispatching shim statuses by pid, replacing an idle shim that died, dropping
+//! orphans'), forwards SIGHUP/SIGUSR1/SIGUSR2/SIGWINCH to every command's tree (never to
+//! the idle shim, which has none), and on SIGTERM/SIGINT/SIGQUIT kills every tree and the
+//! idle shim and exits 0. Nothing else in the agent calls `waitpid`.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{Condvar, LazyLock, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::command::{Handle, Msg};
+use crate::shim;
 use crate::sys::{self, pid_t, SigSet};
+
+/// How long the pool waits before replacing an idle shim that died (or could not be
+/// started), so that shims that cannot live are not started in a tight loop.
+const REFILL_PAUSE: Duration = Duration::from_millis(100);
 
 /// How long shutdown waits for the shims to kill their trees before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(600);
@@ -24,26 +32,82 @@ const FORWARD: [libc::c_int; 4] = [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2, l
 
 #[derive(Default)]
 struct Registry {
-    shims: HashMap<pid_t, Handle>,
+    /// Every unreaped shim, with the command it runs (`None`: idle, or given up on).
+    shims: HashMap<pid_t, Option<Handle>>,
+    /// The idle shim and the agent's end of its control channel.
+    idle: Option<(pid_t, OwnedFd)>,
+    /// The last idle shim died idle, or could not be started: pause before the next.
+    pause: bool,
     stopping: bool,
 }
 
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
+/// Signalled when the pool needs a new idle shim (or may stop waiting to start one).
+static REFILL: Condvar = Condvar::new();
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Spawns a shim and registers it under its pid, atomically with respect to the reaper:
-/// a shim that dies at once is still dispatched to its command, never taken for an orphan.
-pub fn spawn_shim(spawn: impl FnOnce() -> io::Result<pid_t>, h: &Handle) -> io::Result<pid_t> {
+/// Spawns a fresh shim for `h`'s command (when none is idle) and registers it under its
+/// pid, atomically with respect to the reaper: a shim that dies at once is still
+/// dispatched to its command, never taken for an orphan.
+pub fn spawn_shim(h: &Handle) -> io::Result<(pid_t, OwnedFd)> {
     let mut r = registry();
     if r.stopping {
         return Err(io::Error::other("the agent is shutting down"));
     }
-    let pid = spawn()?;
-    r.shims.insert(pid, h.clone());
-    Ok(pid)
+    let (pid, ctl) = shim::spawn()?;
+    r.shims.insert(pid, Some(h.clone()));
+    Ok((pid, ctl))
+}
+
+/// Gives the idle shim, if there is one, to `h`'s command, and has the pool start the
+/// next. An idle shim in the registry is unreaped, so its pid is still its own.
+pub fn take_idle(h: &Handle) -> Option<(pid_t, OwnedFd)> {
+    let mut r = registry();
+    let (pid, ctl) = r.idle.take()?;
+    r.shims.insert(pid, Some(h.clone()));
+    REFILL.notify_one();
+    Some((pid, ctl))
+}
+
+/// Detaches a taken shim from its command: it died before it got the command, which
+/// then runs under a fresh shim instead.
+pub fn give_up(pid: pid_t) {
+    if let Some(slot) = registry().shims.get_mut(&pid) {
+        *slot = None;
+    }
+}
+
+/// Starts the pool thread, which keeps one idle shim ready whenever the agent is not
+/// stopping.
+pub fn spawn_pool_thread() -> io::Result<()> {
+    thread::Builder::new().name("pool".into()).spawn(|| {
+        let mut r = registry();
+        loop {
+            if r.pause {
+                r.pause = false;
+                drop(r);
+                thread::sleep(REFILL_PAUSE);
+                r = registry();
+            }
+            if r.idle.is_none() && !r.stopping {
+                // Under the lock, like `spawn_shim`: the reaper cannot see it before it is known.
+                match shim::spawn() {
+                    Ok((pid, ctl)) => {
+                        r.shims.insert(pid, None);
+                        r.idle = Some((pid, ctl));
+                    }
+                    // Out of processes or descriptors: commands start fresh shims meanwhile.
+                    Err(_) => r.pause = true,
+                }
+                continue;
+            }
+            r = REFILL.wait(r).unwrap_or_else(|e| e.into_inner());
+        }
+    })?;
+    Ok(())
 }
 
 /// Blocks the signals the signal thread waits for, in this (the main, still only) thread
@@ -65,7 +129,7 @@ pub fn spawn_signal_thread(set: SigSet, socket: PathBuf) -> io::Result<()> {
             Some(libc::SIGCHLD) => reap(),
             Some(s) if STOP.contains(&s) => shutdown(&socket),
             Some(s) => {
-                let shims: Vec<Handle> = registry().shims.values().cloned().collect();
+                let shims: Vec<Handle> = registry().shims.values().flatten().cloned().collect();
                 for h in shims {
                     h.send(Msg::Signal(s));
                 }
@@ -76,12 +140,19 @@ pub fn spawn_signal_thread(set: SigSet, socket: PathBuf) -> io::Result<()> {
     Ok(())
 }
 
-/// Reaps every exited child: a shim's status goes to its command, an orphan's nowhere.
+/// Reaps every exited child: a shim's status goes to its command, an orphan's nowhere;
+/// an idle shim that died is replaced.
 fn reap() {
     while let Some((pid, status)) = sys::reap_one() {
-        let shim = registry().shims.remove(&pid);
-        if let Some(h) = shim {
-            h.send(Msg::ShimExited(status));
+        let mut r = registry();
+        match r.shims.remove(&pid) {
+            Some(Some(h)) => h.send(Msg::ShimExited(pid, status)),
+            _ if r.idle.as_ref().is_some_and(|(idle, _)| *idle == pid) => {
+                r.idle = None;
+                r.pause = true;
+                REFILL.notify_one();
+            }
+            _ => {}
         }
     }
 }
@@ -90,7 +161,14 @@ fn shutdown(socket: &PathBuf) -> ! {
     let shims: Vec<Handle> = {
         let mut r = registry();
         r.stopping = true;
-        r.shims.values().cloned().collect()
+        // The idle shim (and any given up on) has no tree: it just goes.
+        r.idle = None;
+        for (&pid, h) in &r.shims {
+            if h.is_none() {
+                let _ = sys::kill(pid, libc::SIGKILL);
+            }
+        }
+        r.shims.values().flatten().cloned().collect()
     };
     for h in shims {
         h.send(Msg::Kill);

@@ -3,6 +3,8 @@
 //! under its own shim (`--shim`, a re-execution of this binary). This file owns the
 //! command line and start-up order only; it writes to stderr once, on a fatal start-up
 //! error, and never otherwise (PID 1's output fills the container's log).
+//! One shim is always started ahead of need (see `init`), so a command pays for no exec
+//! but its own.
 //!
 //! Code map: `server` listens, `conn` speaks one connection, `command` pumps one
 //! command's bytes, `shim` is the per-command process, `ctl` the agent–shim channel,
@@ -52,7 +54,7 @@ fn parse(args: &[OsString]) -> Result<Cli, String> {
 fn main() {
     let args: Vec<OsString> = env::args_os().skip(1).collect();
     if args.first().is_some_and(|a| a == "--shim") {
-        process::exit(shim::main(&args[1..]));
+        process::exit(shim::main());
     }
     match parse(&args) {
         Ok(Cli::Version) => {
@@ -80,6 +82,7 @@ fn run(socket: PathBuf) -> ! {
     };
     let listener = server::listen(&socket).unwrap_or_else(|e| fatal(e));
     init::spawn_signal_thread(signals, socket).unwrap_or_else(|e| fatal(e));
+    init::spawn_pool_thread().unwrap_or_else(|e| fatal(e));
     server::serve(listener, env)
 }
 

@@ -1,28 +1,40 @@
-//! The per-command shim (`berth-agent --shim WORKDIR ARGV...`): a single-threaded process
-//! the agent re-executes for every command. It becomes a child subreaper, enters the
-//! working directory, spawns the command on the descriptors 0–2 it was given, and then
-//! waits for it: it alone reaps the command (so its status is never stolen) and every
-//! orphan the command leaves, and on request freezes and kills the whole tree. It speaks
-//! to the agent only over the control channel on descriptor 3 (see `ctl`); it never
-//! writes to its own stdout or stderr, which belong to the command.
+//! The per-command shim (`berth-agent --shim`): a single-threaded process the agent
+//! starts ahead of need, so that its exec is off a command's critical path. Idle, it
+//! waits on the control channel (descriptor 3, see `ctl`) for a `Launch`: the command,
+//! its full environment, its working directory and its descriptors 0–2 (its own 0–2 are
+//! `/dev/null`). It is a child subreaper from the start; it enters the working directory,
+//! spawns the command, and then waits for it: it alone reaps the command (so its status
+//! is never stolen) and every orphan the command leaves, and on request freezes and kills
+//! the whole tree. If the agent goes away while the shim is idle, the shim just exits.
+//! This file also holds how the agent starts a shim (`spawn`).
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use berth_wire::FailReason;
 
-use crate::ctl::{FromShim, ToShim, SHIM_FD};
+use crate::ctl::{FromShim, Launch, ToShim, SHIM_FD};
 use crate::proctree;
 use crate::sys::{self, pid_t, SigSet};
 
 /// How long a kill keeps at a tree that will not die.
 const KILL_PATIENCE: Duration = Duration::from_secs(5);
 
+/// Starts a shim (agent side): its pid and the agent's end of its control channel. The
+/// shim sits idle until it is sent a `Launch`.
+pub fn spawn() -> io::Result<(pid_t, OwnedFd)> {
+    let (ctl, theirs) = sys::seqpacket_pair()?;
+    let null = sys::dev_null(true)?;
+    let n = null.as_raw_fd();
+    let argv = [CString::from(c"berth-agent"), CString::from(c"--shim")];
+    let pid = sys::spawn(c"/proc/self/exe", &argv, None, &[n, n, n, theirs.as_raw_fd()], false)?;
+    Ok((pid, ctl))
+}
+
 /// Runs the shim; returns its exit code.
-pub fn main(args: &[OsString]) -> i32 {
+pub fn main() -> i32 {
     let ctl = adopt_ctl();
     if sys::set_cloexec(ctl.as_raw_fd()).is_err() {
         return 125;
@@ -32,12 +44,10 @@ pub fn main(args: &[OsString]) -> i32 {
     sys::set_name(c"berth-shim");
     sys::setsid();
     let _ = sys::set_child_subreaper();
+    // Idle: wait for the command. None coming means the agent is gone.
+    let Some((launch, fds)) = Launch::recv(ctl.as_raw_fd()) else { return 0 };
     let report = |m: FromShim| {
         let _ = sys::send(ctl.as_raw_fd(), &m.encode());
-    };
-    let Some((workdir, argv)) = args.split_first() else {
-        report(FromShim::Failed(FailReason::Other, "the shim needs a working directory and a command".into()));
-        return 125;
     };
     let sigchld = match SigSet::of(&[libc::SIGCHLD]).signalfd() {
         Ok(fd) => fd,
@@ -46,7 +56,11 @@ pub fn main(args: &[OsString]) -> i32 {
             return 125;
         }
     };
-    match start(workdir, argv) {
+    sys::set_environ(launch.env);
+    let started = start(&launch.workdir, &launch.argv, &fds.each_ref().map(|f| f.as_raw_fd()));
+    // Only the command holds its pipes now.
+    drop(fds);
+    match started {
         Err((reason, message)) => {
             report(FromShim::Failed(reason, message));
             0
@@ -62,19 +76,15 @@ fn adopt_ctl() -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(SHIM_FD) }
 }
 
-/// Enters the working directory and spawns the command: its pid, or why not.
-fn start(workdir: &OsString, argv: &[OsString]) -> Result<pid_t, (FailReason, String)> {
-    let other = |m: String| (FailReason::Other, m);
+/// Enters the working directory and spawns the command on `fds`: its pid, or why not.
+fn start(workdir: &CStr, argv: &[CString], fds: &[RawFd; 3]) -> Result<pid_t, (FailReason, String)> {
     if !workdir.is_empty() {
-        let dir = sys::cstring(workdir.as_bytes(), "the working directory").map_err(other)?;
-        sys::chdir(&dir).map_err(|e| {
+        sys::chdir(workdir).map_err(|e| {
             (FailReason::BadWorkdir, format!("working directory {}: {}", workdir.to_string_lossy(), plain(&e)))
         })?;
     }
-    let Some(program) = argv.first() else { return Err(other("empty command".into())) };
-    let argv: Vec<CString> =
-        argv.iter().map(|a| sys::cstring(a.as_bytes(), "an argument")).collect::<Result<_, _>>().map_err(other)?;
-    sys::spawn(&argv[0], &argv, None, &[], true).map_err(|e| {
+    let Some(program) = argv.first() else { return Err((FailReason::Other, "empty command".into())) };
+    sys::spawn(program, argv, None, fds, true).map_err(|e| {
         let reason = classify(&e);
         let program = program.to_string_lossy();
         match e.raw_os_error() {
@@ -112,8 +122,6 @@ struct Shim {
 
 impl Shim {
     fn run(mut self) -> i32 {
-        // The command holds the real standard streams now; ours must not keep its pipes open.
-        sys::null_std_fds();
         let mut buf = [0u8; 64];
         loop {
             let mut fds =

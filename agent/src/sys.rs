@@ -1,7 +1,7 @@
-//! Thin, safe wrappers over the libc calls the agent and the shim need: pipes, sockets,
-//! poll, signals, `posix_spawn`, `waitpid`. Every `unsafe` block of the crate lives here
-//! (but the shim's adoption of its descriptor 3); nothing here knows about commands or
-//! frames.
+//! Thin, safe wrappers over the libc calls the agent and the shim need: pipes, sockets
+//! (and descriptors passed over them), poll, signals, `posix_spawn`, `waitpid`, the
+//! environment. Every `unsafe` block of the crate lives here (but the shim's adoption of
+//! its descriptor 3); nothing here knows about commands or frames.
 //! Every descriptor created here is close-on-exec, so that one command's pipes never leak
 //! into another command's shim (the agent spawns shims from many threads at once).
 
@@ -99,15 +99,6 @@ pub fn cloexec_inherited_fds() {
     unsafe { libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) };
 }
 
-/// Puts `/dev/null` over 0, 1 and 2 (the shim, once the command holds the real ones).
-pub fn null_std_fds() {
-    if let Ok(null) = dev_null(true) {
-        for fd in 0..3 {
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
-    }
-}
-
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match cvt_ssize(unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) }) {
@@ -146,6 +137,77 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
             r => return r,
         }
     }
+}
+
+/// Sends one message on a seqpacket socket with descriptors attached (`SCM_RIGHTS`).
+pub fn send_fds(fd: RawFd, msg: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let space = unsafe { libc::CMSG_SPACE(mem::size_of_val(fds) as u32) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec { iov_base: msg.as_ptr() as *mut libc::c_void, iov_len: msg.len() };
+    let mut mh: libc::msghdr = unsafe { mem::zeroed() };
+    mh.msg_iov = &mut iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    mh.msg_controllen = space as _;
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&mh);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(mem::size_of_val(fds) as u32) as _;
+        ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c) as *mut RawFd, fds.len());
+    }
+    loop {
+        match cvt_ssize(unsafe { libc::sendmsg(fd, &mh, libc::MSG_NOSIGNAL) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
+/// Receives one message and the descriptors attached to it (made close-on-exec);
+/// `Ok((0, _))` is end-of-file.
+pub fn recv_fds(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut cbuf = [0u64; 16];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    let mut mh: libc::msghdr = unsafe { mem::zeroed() };
+    mh.msg_iov = &mut iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    mh.msg_controllen = mem::size_of_val(&cbuf) as _;
+    let n = loop {
+        match cvt_ssize(unsafe { libc::recvmsg(fd, &mut mh, libc::MSG_CMSG_CLOEXEC) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r?,
+        }
+    };
+    let mut fds = Vec::new();
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&mh);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / mem::size_of::<RawFd>();
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&mh, c);
+        }
+    }
+    Ok((n, fds))
+}
+
+/// Replaces this process's environment with `env` (`KEY=value` strings), for itself
+/// (`PATH` lookup in `spawn`) and for the children it spawns. Only for a single-threaded
+/// process (the shim): nothing may read the environment meanwhile. The strings are
+/// leaked, as the environment lives as long as the process.
+pub fn set_environ(env: Vec<CString>) {
+    let mut ptrs: Vec<*mut libc::c_char> = env.into_iter().map(|s| s.into_raw()).collect();
+    ptrs.push(ptr::null_mut());
+    extern "C" {
+        static mut environ: *const *mut libc::c_char;
+    }
+    unsafe { ptr::addr_of_mut!(environ).write(ptrs.leak().as_ptr()) };
 }
 
 pub fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {

@@ -352,7 +352,9 @@ fn sigterm_kills_the_commands_and_exits_zero_and_orphans_are_reaped() {
     let mut c = agent.connect();
     // An orphan that outlives its command and then exits must not stay a zombie.
     assert_eq!(c.run(1, &["sh", "-c", "(sleep 0.2 &) ; exit 0"]).exited(), (0, 0));
-    assert!(wait_until(Duration::from_secs(5), || descendants(agent.pid()).is_empty()
+    // Nothing is left under the agent but its idle shim.
+    assert!(wait_until(Duration::from_secs(5), || descendants(agent.pid()) == idle_shims(agent.pid())
+        && descendants(agent.pid()).len() == 1
         && zombie_children(agent.pid()).is_empty()));
     c.start(2, &["sh", "-c", "sleep 1008"]);
     let mut pids = Vec::new();
@@ -360,6 +362,7 @@ fn sigterm_kills_the_commands_and_exits_zero_and_orphans_are_reaped() {
         pids = find_under(agent.pid(), &["sleep", "1008"]);
         pids.len() == 1
     }));
+    let idle = idle_shim(agent.pid());
     let t = Instant::now();
     unsafe { libc::kill(agent.pid(), libc::SIGTERM) };
     let mut status = None;
@@ -368,6 +371,7 @@ fn sigterm_kills_the_commands_and_exits_zero_and_orphans_are_reaped() {
         status.is_some()
     }));
     assert!(t.elapsed() < Duration::from_millis(900), "took {:?}", t.elapsed());
+    assert!(!alive(idle), "the idle shim outlived the agent");
     assert_eq!(status.unwrap().code(), Some(0));
     assert!(wait_until(Duration::from_secs(5), || !alive(pids[0])));
     assert!(!agent.sock.exists(), "the socket is removed on the way out");
@@ -503,4 +507,98 @@ fn a_command_inherits_no_descriptor_but_its_three_streams() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n1\n2\n");
     c.send(&Frame::StdinEnd { id: 1 });
     assert_eq!(c.finish(1).exited(), (0, 0));
+}
+
+/// The pid of the shim that ran a command: the parent `sh -c 'echo $PPID'` reports.
+fn shim_of(c: &mut Client, id: u32) -> i32 {
+    let o = c.run(id, &["sh", "-c", "echo $PPID"]);
+    assert_eq!(o.exited(), (0, 0));
+    String::from_utf8(o.stdout).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn starts_are_served_by_the_idle_shim_which_is_replaced_each_time() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    let mut served = Vec::new();
+    for id in 1..=3 {
+        let idle = idle_shim(agent.pid());
+        assert_eq!(shim_of(&mut c, id), idle, "command {id} did not run under the idle shim");
+        assert!(!served.contains(&idle), "a shim served twice");
+        served.push(idle);
+    }
+}
+
+#[test]
+fn the_idle_shim_is_outside_every_command_tree_and_gets_no_forwarded_signal() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    c.start(1, &["sh", "-c", "trap 'echo got-hup; exit 7' HUP; echo ready; while :; do sleep 0.05; done"]);
+    match c.recv() {
+        Frame::Output { data, .. } => assert_eq!(data, b"ready\n"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let idle = idle_shim(agent.pid());
+    unsafe { libc::kill(agent.pid(), libc::SIGHUP) };
+    let o = c.finish(1);
+    assert_eq!((o.stdout.as_slice(), o.exited()), (&b"got-hup\n"[..], (7, 0)));
+    // The idle shim blocks every signal, so one sent to it would still be pending.
+    assert!(alive(idle));
+    assert_eq!(pending_signals(idle) & (1 << (libc::SIGHUP - 1)), 0, "the idle shim was sent SIGHUP");
+    // Killing a whole command tree leaves the idle shim alone, and it serves the next command.
+    c.start(2, &["sh", "-c", "setsid sleep 1010 & sleep 1011"]);
+    assert!(wait_until(Duration::from_secs(10), || find_under(agent.pid(), &["sleep", "1011"]).len() == 1));
+    let idle = idle_shim(agent.pid());
+    c.send(&Frame::Kill { id: 2 });
+    assert_eq!(c.finish(2).exited(), (0, 9));
+    assert!(alive(idle) && pending_signals(idle) == 0, "the kill reached the idle shim");
+    assert_eq!(shim_of(&mut c, 3), idle);
+}
+
+#[test]
+fn an_idle_shim_killed_from_outside_is_replaced() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    for id in [1, 3] {
+        let idle = idle_shim(agent.pid());
+        unsafe { libc::kill(idle, libc::SIGKILL) };
+        // At once: the dead shim cannot serve it, so a fresh one does.
+        let o = c.run(id, &["echo", "hi"]);
+        assert_eq!((o.stdout.as_slice(), o.exited()), (&b"hi\n"[..], (0, 0)));
+        assert!(wait_until(Duration::from_secs(5), || !alive(idle)));
+        // And a new idle shim takes its place.
+        let next = idle_shim(agent.pid());
+        assert_ne!(next, idle);
+        assert_eq!(shim_of(&mut c, id + 1), next);
+    }
+}
+
+#[test]
+fn on_sigterm_no_shim_is_left() {
+    let mut agent = Agent::start();
+    let mut c = agent.connect();
+    assert_eq!(c.run(1, &["true"]).exited(), (0, 0));
+    c.start(2, &["sleep", "1012"]);
+    assert!(wait_until(Duration::from_secs(10), || find_under(agent.pid(), &["sleep", "1012"]).len() == 1));
+    let idle = idle_shim(agent.pid());
+    let shims: Vec<i32> = processes()
+        .into_iter()
+        .filter(|&(p, _, pp)| pp == agent.pid() && comm(p) == "berth-shim")
+        .map(|p| p.0)
+        .collect();
+    assert!(shims.len() == 2 && shims.contains(&idle), "{shims:?}");
+    unsafe { libc::kill(agent.pid(), libc::SIGTERM) };
+    assert!(wait_until(Duration::from_secs(5), || agent.child.try_wait().unwrap().is_some()));
+    // The agent reaped them before it exited: not even zombies are left.
+    let left: Vec<i32> = shims.into_iter().filter(|&p| fs::metadata(format!("/proc/{p}")).is_ok()).collect();
+    assert!(left.is_empty(), "shims left: {left:?}");
+}
+
+#[test]
+fn an_idle_shim_does_not_outlive_an_agent_killed_outright() {
+    let mut agent = Agent::start();
+    let idle = idle_shim(agent.pid());
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !alive(idle)), "the idle shim outlived the agent");
 }

@@ -281,6 +281,44 @@ pub fn find_under(root: i32, argv: &[&str]) -> Vec<i32> {
     descendants(root).into_iter().filter(|p| fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == want)).collect()
 }
 
+/// The agent's idle shims: those not yet given a command, which (unlike a shim that
+/// was) have no signalfd open. Once things settle there is exactly one.
+pub fn idle_shims(agent: i32) -> Vec<i32> {
+    let launched = |p: i32| {
+        fs::read_dir(format!("/proc/{p}/fd"))
+            .map(|d| {
+                d.flatten().any(|e| fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("signalfd")))
+            })
+            .unwrap_or(true)
+    };
+    let procs = processes();
+    let shims = procs.iter().filter(|&&(p, s, pp)| pp == agent && s != b'Z' && comm(p) == "berth-shim");
+    shims.map(|&(p, _, _)| p).filter(|&p| !launched(p)).collect()
+}
+
+/// The agent's idle shim, once there is exactly one.
+pub fn idle_shim(agent: i32) -> i32 {
+    let mut idle = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            idle = idle_shims(agent);
+            idle.len() == 1
+        }),
+        "no single idle shim: {idle:?}"
+    );
+    idle[0]
+}
+
+/// Signals pending for a process (`ShdPnd | SigPnd` of `/proc/PID/status`), as a mask.
+pub fn pending_signals(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .filter_map(|l| l.strip_prefix("ShdPnd:").or_else(|| l.strip_prefix("SigPnd:")))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .fold(0, |a, b| a | b)
+}
+
 /// SIGKILLs every descendant of `root` until none is left.
 pub fn kill_tree(root: i32) {
     for _ in 0..100 {
