@@ -334,3 +334,27 @@ fn a_container_whose_socket_path_was_spoiled_is_kept_and_its_agent_comes_back() 
     assert_eq!((r["stdout"].as_str(), r["path"].as_str()), (Some("mine\n"), Some("agent")), "{r}");
     assert_eq!(docker_inspect(&container, "{{.Id}}").unwrap(), id, "the same container");
 }
+
+#[test]
+fn a_non_root_berthd_in_the_engines_group_uses_the_agent_too() {
+    if !docker_available() {
+        return;
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: a_non_root_berthd_in_the_engines_group_uses_the_agent_too needs root to run berthd as another user");
+        return;
+    }
+    let engine_gid =
+        std::fs::metadata("/var/run/docker.sock").map(|m| std::os::unix::fs::MetadataExt::gid(&m)).unwrap();
+    let mut d = Daemon::prepare("");
+    d.spawn_as(4747, engine_gid);
+    let name = d.name("user");
+    d.ok("project.create", json!({"name": name}));
+    let r =
+        d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", "id -u; touch /workspace/by-container"]}));
+    assert_eq!((r["stdout"].as_str(), r["path"].as_str()), (Some("0\n"), Some("agent")), "{r}");
+    let ws = d.state.join("projects").join(&name);
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&ws).unwrap()), 4747, "the user's workspace");
+    assert!(ws.join("by-container").exists());
+}

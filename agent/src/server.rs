@@ -1,5 +1,5 @@
 //! The listening socket: replaces a stale socket file (and nothing else) at the path,
-//! binds with mode 0600, and accepts connections forever, one thread each.
+//! binds with mode 0666, and accepts connections forever, one thread each.
 
 use std::fs;
 use std::io;
@@ -22,12 +22,14 @@ pub fn listen(path: &Path) -> io::Result<UnixListener> {
     let tmp = PathBuf::from(tmp);
     remove_stale_socket(path)?;
     remove_stale_socket(&tmp)?;
-    // Created 0600 from the start, not chmod-ed after a moment of being open to all.
-    let old = sys::umask(0o177);
+    // Open to every uid: on the host only berthd can reach the directory (berthd keeps
+    // `run/` to itself), and berthd need not be the container's user (a non-root berthd,
+    // a root container). Inside the container, any process could reach the agent anyway.
+    let old = sys::umask(0o111);
     let bound = UnixListener::bind(&tmp);
     sys::umask(old);
     let listener = bound.map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", tmp.display())))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o666))?;
     fs::rename(&tmp, path)?;
     Ok(listener)
 }

@@ -402,7 +402,7 @@ fn a_stale_socket_is_replaced_but_nothing_else_is_touched() {
     let mut c = Client { s: c.unwrap() };
     assert_eq!(c.recv(), Frame::Hello { version: berth_wire::VERSION, pid: agent.child.id() });
     let mode = fs::metadata(&agent.sock).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
+    assert_eq!(mode, 0o666);
 }
 
 /// `BERTH_AGENT_BIN=<static build> cargo test -p berth-agent --release -- --ignored --nocapture echo_round_trip`

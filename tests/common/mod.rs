@@ -113,6 +113,16 @@ impl Daemon {
         self.spawn_command(cmd);
     }
 
+    /// Starts berthd as `uid`:`gid` (the test must be root): its temp dir is handed over.
+    pub fn spawn_as(&mut self, uid: u32, gid: u32) {
+        std::os::unix::fs::chown(self.dir.path(), Some(uid), Some(gid)).unwrap();
+        std::os::unix::fs::chown(&self.config, Some(uid), Some(gid)).unwrap();
+        let mut cmd = self.command();
+        std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, gid);
+        self.spawn_command(cmd);
+    }
+
     /// The berthd command line for this daemon.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(berthd_bin());
