@@ -93,6 +93,7 @@ impl Agents {
         }
         // Only berthd gets through `run/` on the host: containers reach their own directory
         // by its bind mount, and no local user (local execs included) reaches any agent.
+        release_embedded_copy();
         let run = state_dir.join("run");
         make_private_dir(&run, 0o700)?;
         Ok(Agents { binary, run, access, conns: Mutex::default(), connecting: Mutex::default() })
@@ -172,6 +173,23 @@ impl Agents {
             old.closed.cancel();
         }
         Ok(conn)
+    }
+}
+
+/// Drops the embedded agent's pages from berthd's memory: they are read once (to install
+/// the file) or not at all, but the loader maps them in with their neighbours.
+fn release_embedded_copy() {
+    const PAGE: usize = 4096;
+    let start = AGENT.as_ptr() as usize;
+    let first = start.div_ceil(PAGE) * PAGE;
+    let end = (start + AGENT.len()) / PAGE * PAGE;
+    if end > first {
+        // SAFETY: the range lies inside the read-only, file-backed bytes of `AGENT`; on
+        // such a mapping MADV_DONTNEED only unmaps pages, which are read back from the
+        // executable if ever touched again.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED);
+        }
     }
 }
 
