@@ -80,28 +80,15 @@ fn the_agent_killed_mid_exec_fails_that_exec_and_the_next_one_works() {
     let name = d.name("agkill");
     d.ok("project.create", json!({"name": name}));
     let container = format!("berth-{name}");
-    let mut c = d.client();
-    c.send_line(
-        &json!({"jsonrpc": "2.0", "id": 1, "method": "project.exec",
-            "params": {"name": name, "stream": true, "command": ["sh", "-c", "echo up; sleep 300"]}})
-        .to_string(),
-    );
-    assert_eq!(c.read_msg()["params"]["data"], "up\n");
+    let mut c = d.running_exec(&name, "sleep 300");
     // SIGKILL to the agent from outside (the host): the container goes with it.
     let pid = container_pid(&container);
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let (r, _) = c.read_response();
     assert_eq!(r["error"]["data"]["kind"], "runtime_error", "{r}");
     // The next exec works (the container is restarted or the exec path used).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = d.rpc("project.exec", json!({"name": name, "command": ["echo", "again"]}));
-        if r["result"]["stdout"] == "again\n" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no exec worked after the agent died: {r}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let params = json!({"name": name, "command": ["echo", "again"]});
+    d.exec_until(params, "no exec worked after the agent died", |r| r["stdout"] == "again\n");
 }
 
 #[test]
@@ -114,13 +101,7 @@ fn after_a_kill_9_of_berthd_its_execs_are_killed_and_the_agent_path_resumes() {
     d.ok("project.create", json!({"name": name}));
     let container = format!("berth-{name}");
     let started = docker_inspect(&container, "{{.State.StartedAt}}").unwrap();
-    let mut c = d.client();
-    c.send_line(
-        &json!({"jsonrpc": "2.0", "id": 1, "method": "project.exec",
-            "params": {"name": name, "stream": true, "command": ["sh", "-c", "echo up; sleep 1201"]}})
-        .to_string(),
-    );
-    assert_eq!(c.read_msg()["params"]["data"], "up\n");
+    let _c = d.running_exec(&name, "sleep 1201");
     d.kill9();
     // Its client (berthd) is gone, so the command is killed: nothing outlives a dead berthd.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -144,16 +125,9 @@ fn a_docker_restart_of_the_container_is_survived() {
     d.ok("project.create", json!({"name": name}));
     assert_eq!(d.ok("project.exec", json!({"name": name, "command": ["true"]}))["path"], "agent");
     docker(&["restart", "-t", "1", &format!("berth-{name}")]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = d.rpc("project.exec", json!({"name": name, "command": ["echo", "hi"]}));
-        if r["result"]["path"] == "agent" {
-            assert_eq!(r["result"]["stdout"], "hi\n");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the agent path never came back: {r}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let params = json!({"name": name, "command": ["echo", "hi"]});
+    let r = d.exec_until(params, "the agent path never came back", |r| r["path"] == "agent");
+    assert_eq!(r["stdout"], "hi\n");
 }
 
 #[test]

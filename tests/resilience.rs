@@ -292,13 +292,7 @@ fn running_execs_stay_cancellable_after_their_actor_panics_and_restarts() {
     let d = Daemon::start("");
     let name = d.name("cancel");
     d.ok("project.create", json!({"name": name}));
-    let mut c = d.client();
-    c.send_line(
-        &json!({"jsonrpc": "2.0", "id": 9, "method": "project.exec",
-            "params": {"name": name, "stream": true, "command": ["sh", "-c", "echo up; sleep 300"]}})
-        .to_string(),
-    );
-    assert_eq!(c.read_msg()["params"]["data"], "up\n");
+    let mut c = d.running_exec(&name, "sleep 300");
     assert_eq!(d.ok("debug.panic", json!({"name": name}))["restarted"], true);
     // The successor's stop fails the exec its predecessor leased.
     d.ok("project.stop", json!({"name": name}));

@@ -210,6 +210,33 @@ impl Daemon {
             .expect("run berth")
     }
 
+    /// Starts a streaming exec of `sh -c "echo up; REST"` on a fresh connection and
+    /// returns that connection once `up` arrived: the command is running.
+    pub fn running_exec(&self, name: &str, rest: &str) -> Client {
+        let mut c = self.client();
+        c.send_line(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "project.exec",
+                "params": {"name": name, "stream": true, "command": ["sh", "-c", format!("echo up; {rest}")]}})
+            .to_string(),
+        );
+        assert_eq!(c.read_msg()["params"]["data"], "up\n");
+        c
+    }
+
+    /// Repeats `project.exec` with `params` until its result satisfies `done` (or fails
+    /// the test after 30 s, saying `what`); returns that result.
+    pub fn exec_until(&self, params: Value, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.rpc("project.exec", params.clone());
+            if done(&r["result"]) {
+                return r["result"].clone();
+            }
+            assert!(Instant::now() < deadline, "{what}: {r}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `berth ARGS` that must exit 0; returns stdout.
     pub fn berth_ok(&self, args: &[&str]) -> String {
         let o = self.berth(args);
