@@ -304,7 +304,7 @@ impl Service {
                 project: e.name.clone(),
                 at,
                 uid: conn.uid,
-                command: e.argv.clone(),
+                command: shortened(&e.argv, ACTIVITY_COMMAND_BYTES),
                 exit_code: result.filter(|r| r["timed_out"] != true).and_then(|r| r["exit_code"].as_i64()),
                 duration_ms: started.elapsed().as_millis() as u64,
                 runtime: runtime.as_str().to_string(),
@@ -430,6 +430,31 @@ impl Service {
     }
 }
 
+/// How much of a command the activity log keeps.
+const ACTIVITY_COMMAND_BYTES: usize = 4096;
+
+/// `argv` cut to about `max` bytes (whole arguments, the last one cut at a character
+/// boundary), saying how much was left out.
+fn shortened(argv: &[String], max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut used = 0;
+    for (i, a) in argv.iter().enumerate() {
+        if used + a.len() <= max {
+            used += a.len();
+            out.push(a.clone());
+            continue;
+        }
+        let mut cut = max.saturating_sub(used);
+        while !a.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let rest: usize = a.len() - cut + argv[i + 1..].iter().map(String::len).sum::<usize>();
+        out.push(format!("{}… ({rest} more bytes)", &a[..cut]));
+        break;
+    }
+    out
+}
+
 /// Forwards live output as `exec.output` notifications, keeping characters whole. Each
 /// notification holds its chunk's budget until the connection has written it.
 async fn forward(id: Value, mut rx: mpsc::Receiver<Chunk>, out: mpsc::Sender<Outgoing>) {
@@ -453,5 +478,22 @@ async fn forward(id: Value, mut rx: mpsc::Receiver<Chunk>, out: mpsc::Sender<Out
             let line = protocol::output_notification(&id, stream, &rest);
             let _ = out.send(Outgoing { line, hold: Reservation::default() }).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_activity_log_keeps_a_bounded_command() {
+        let short = vec!["echo".to_string(), "hi".to_string()];
+        assert_eq!(shortened(&short, 4096), short);
+        let long: Vec<String> =
+            std::iter::once("true".to_string()).chain(std::iter::repeat_n("é".repeat(1000), 10)).collect();
+        let s = shortened(&long, 4096);
+        assert!(s.iter().map(String::len).sum::<usize>() < 4200, "{}", s.len());
+        assert!(s.last().unwrap().contains("more bytes"), "{s:?}");
+        assert_eq!(s[0], "true");
     }
 }
