@@ -87,6 +87,11 @@ impl AgentConn {
         let end = loop {
             let ev = match until(events.recv(), deadline, &cancel).await {
                 Ok(Some(Event::Frame(f))) => f,
+                // Closed by berthd stopping the project: the cancel is what counts.
+                Ok(None) if cancel.is_cancelled() => {
+                    stopped = Some(Interrupt::Cancel);
+                    break None;
+                }
                 Ok(None) => return Err(lost()),
                 Err(why) => {
                     stopped = Some(why);
@@ -111,7 +116,9 @@ impl AgentConn {
             (None, why) => {
                 // Kill the whole tree; keep reading (and acknowledging) so the agent can
                 // drain, and wait for it to say the command ended.
-                self.send(Frame::Kill { id })?;
+                // On a closed connection there is no one to tell: the agent kills every
+                // command of a connection that closes.
+                let _ = self.send(Frame::Kill { id });
                 let wait = async {
                     while let Some(Event::Frame(f)) = events.recv().await {
                         match f {
