@@ -3,7 +3,7 @@
 //! socket, so frames never interleave. Owns the connection's id table; when the
 //! connection ends, for whatever reason, every command started on it is killed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
@@ -31,14 +31,12 @@ struct Running {
     stdin_open: bool,
 }
 
-/// Command ids of this connection. berthd's ids increase, so one number tells a finished
-/// command (late frames for it, an `Ack` or `Kill` crossing `Exited` on the wire, are
-/// ignored) from one never started, and refuses reuse, however long the connection lives.
+/// Command ids of this connection. Finished ids are kept so that late frames for them
+/// (an `Ack` or `Kill` crossing `Exited` on the wire) are ignored, and reuse is refused.
 #[derive(Default)]
 struct Ids {
     running: HashMap<u32, Running>,
-    /// The highest id started on this connection.
-    highest: u32,
+    finished: HashSet<u32>,
 }
 
 /// Why the connection ends.
@@ -130,21 +128,22 @@ impl Conn {
     fn start(&self, s: Start) -> Result<(), End> {
         let mut ids = self.ids();
         let id = s.id;
-        if id <= ids.highest {
-            return Err(End::Protocol(format!("command id {id} is not above {} (ids increase)", ids.highest)));
+        if ids.running.contains_key(&id) || ids.finished.contains(&id) {
+            return Err(End::Protocol(format!("duplicate command id {id}")));
         }
-        ids.highest = id;
         let stdin_open = s.stdin;
         let table = self.ids.clone();
         let done = Box::new(move || {
             let mut ids = table.lock().unwrap_or_else(|e| e.into_inner());
             ids.running.remove(&id);
+            ids.finished.insert(id);
         });
         match command::start(s, self.env.clone(), self.out.clone(), done) {
             Ok(handle) => {
                 ids.running.insert(id, Running { handle, stdin_open });
             }
             Err(e) => {
+                ids.finished.insert(id);
                 let message = format!("cannot start a thread for the command: {e}");
                 self.frame(Frame::Failed { id, reason: FailReason::Other, message });
             }
@@ -160,7 +159,7 @@ impl Conn {
             let m = f(r).map_err(End::Protocol)?;
             r.handle.send(m);
             Ok(())
-        } else if id <= ids.highest {
+        } else if ids.finished.contains(&id) {
             Ok(())
         } else {
             Err(End::Protocol(format!("{what} for unknown command id {id}")))

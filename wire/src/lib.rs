@@ -16,7 +16,7 @@
 //! (backpressure) without holding back the other commands on the connection. `Kill`
 //! kills the command's whole tree. A closed connection kills every command started on it.
 //!
-//! Details both ends rely on: ids are chosen by berthd and increase on a connection;
+//! Details both ends rely on: ids are chosen by berthd and never reused on a connection;
 //! an empty `Start.workdir` means the agent's own working directory; `Stdin`/`StdinEnd`
 //! are sent only for a command started with `stdin: true` (stdin has no window of its
 //! own: berthd bounds it, by `server.max_line`); `Ack`, `Stdin` or `Kill` that arrive
