@@ -412,33 +412,6 @@ fn a_stale_socket_is_replaced_but_nothing_else_is_touched() {
     assert_eq!(mode, 0o666);
 }
 
-/// `BERTH_AGENT_BIN=<static build> cargo test -p berth-agent --release -- --ignored --nocapture echo_round_trip`
-#[test]
-#[ignore]
-fn echo_round_trip_timing() {
-    let agent = Agent::start();
-    let mut c = agent.connect();
-    let mut times = Vec::new();
-    for id in 1..=1000 {
-        let t = Instant::now();
-        let o = c.run(id, &["echo", "hi"]);
-        times.push(t.elapsed());
-        assert_eq!(o.exited(), (0, 0));
-    }
-    times.sort();
-    println!("echo hi round trip: median {:?}, p90 {:?}, max {:?}", times[500], times[900], times[999]);
-    // For scale: the same command spawned directly by this process, output read, reaped.
-    let mut bare = Vec::new();
-    for _ in 0..1000 {
-        let t = Instant::now();
-        let out = std::process::Command::new("echo").arg("hi").output().unwrap();
-        bare.push(t.elapsed());
-        assert_eq!(out.stdout, b"hi\n");
-    }
-    bare.sort();
-    println!("bare spawn of echo hi: median {:?}, p90 {:?}", bare[500], bare[900]);
-}
-
 #[test]
 fn sigint_and_sigquit_also_stop_the_agent_cleanly() {
     for sig in [libc::SIGINT, libc::SIGQUIT] {
