@@ -154,7 +154,7 @@ impl Workspaces {
     }
 }
 
-fn ensure_real_dir(dir: &Path) -> Result<(), WorkspaceError> {
+pub(crate) fn ensure_real_dir(dir: &Path) -> Result<(), WorkspaceError> {
     match std::fs::create_dir(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_real_dir(dir),
@@ -162,7 +162,7 @@ fn ensure_real_dir(dir: &Path) -> Result<(), WorkspaceError> {
     }
 }
 
-fn set_mode(dir: &Path, mode: u32) -> Result<(), WorkspaceError> {
+pub(crate) fn set_mode(dir: &Path, mode: u32) -> Result<(), WorkspaceError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io_err(dir))
 }

@@ -105,36 +105,38 @@ impl Agents {
 
     /// The project's run dir, made (owned by the workspace owner, so a container running
     /// as that user can bind its socket there) if missing.
-    pub fn run_dir(&self, project: &ProjectName) -> io::Result<PathBuf> {
-        let dir = self.run.join(project.as_str());
-        make_private_dir(&dir, 0o700)?;
-        std::os::unix::fs::lchown(&dir, Some(self.access.uid), Some(self.access.gid))?;
-        Ok(dir)
+    pub async fn run_dir(&self, project: &ProjectName) -> io::Result<PathBuf> {
+        let (dir, a) = (self.run.join(project.as_str()), self.access);
+        blocking(move || {
+            make_private_dir(&dir, 0o700)?;
+            std::os::unix::fs::lchown(&dir, Some(a.uid), Some(a.gid))?;
+            Ok(dir)
+        })
+        .await
     }
 
     /// Removes whatever is at the project's socket path if it is not a socket (a file,
     /// a directory or a link a container left there), so that its agent can start.
-    pub fn clear_socket_path(&self, project: &ProjectName) {
+    pub async fn clear_socket_path(&self, project: &ProjectName) {
         let sock = self.run.join(project.as_str()).join(SOCKET_NAME);
-        match std::fs::symlink_metadata(&sock) {
-            Ok(m) if m.file_type().is_socket() => {}
-            Ok(m) if m.is_dir() => {
-                let _ = std::fs::remove_dir_all(&sock);
-            }
-            Ok(_) => {
-                let _ = std::fs::remove_file(&sock);
-            }
-            Err(_) => {}
-        }
+        let _ = blocking(move || match std::fs::symlink_metadata(&sock) {
+            Ok(m) if m.file_type().is_socket() => Ok(()),
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&sock),
+            Ok(_) => std::fs::remove_file(&sock),
+            Err(_) => Ok(()),
+        })
+        .await;
     }
 
     /// Removes a deleted project's run dir.
-    pub fn remove_run_dir(&self, project: &ProjectName) {
+    pub async fn remove_run_dir(&self, project: &ProjectName) {
         self.forget(project);
         let dir = self.run.join(project.as_str());
-        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        let _ = blocking(move || match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dir),
+            _ => Ok(()),
+        })
+        .await;
     }
 
     /// The live connection to the project's agent, if there is one.
@@ -193,18 +195,17 @@ fn release_embedded_copy() {
     }
 }
 
+/// A directory of berth's own, with the workspaces' rules: made if missing, never a
+/// symlink, `mode` set.
 fn make_private_dir(dir: &Path, mode: u32) -> io::Result<()> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let m = std::fs::symlink_metadata(dir)?;
-            if m.file_type().is_symlink() || !m.is_dir() {
-                return Err(io::Error::other(format!("{} is a symlink or not a directory", dir.display())));
-            }
-        }
-        Err(e) => return Err(e),
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+    crate::workspace::ensure_real_dir(dir)
+        .and_then(|()| crate::workspace::set_mode(dir, mode))
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Disk work off the async workers (what a container left in its run dir can be large).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
 }
 
 /// What the reader task hands to one exec.

@@ -549,7 +549,7 @@ impl Runtime for DockerRuntime {
             Some(info) if info.running => return Ok(Some(info)),
             Some(info) => {
                 if let (true, Some(a)) = (info.agent, &self.agents) {
-                    a.clear_socket_path(spec.project);
+                    a.clear_socket_path(spec.project).await;
                 }
                 self.start_raw(&docker, &name).await?;
                 (info.agent, false)
@@ -561,6 +561,7 @@ impl Runtime for DockerRuntime {
                     Some(a) => {
                         let run = a
                             .run_dir(spec.project)
+                            .await
                             .map_err(|e| RuntimeError::Io(format!("agent run dir of project {}: {e}", spec.project)))?;
                         Some((a.binary().to_path_buf(), run))
                     }
@@ -624,7 +625,7 @@ impl Runtime for DockerRuntime {
             self.remove_raw(&docker, &name).await?;
         }
         if let Some(a) = &self.agents {
-            a.remove_run_dir(project);
+            a.remove_run_dir(project).await;
         }
         Ok(())
     }
