@@ -99,7 +99,7 @@ impl Conn {
             Frame::Hello { version, .. } => Err(End::Protocol(format!(
                 "berth-agent speaks protocol version {VERSION}, the peer speaks version {version}"
             ))),
-            other => Err(End::Protocol(format!("expected hello first, got {}", kind(&other)))),
+            other => Err(End::Protocol(format!("expected hello first, got {}", other.kind_name()))),
         }
     }
 
@@ -121,7 +121,7 @@ impl Conn {
                 Ok(())
             }
             Frame::Error { .. } => Err(End::Gone),
-            other => Err(End::Protocol(format!("unexpected {} from berthd", kind(&other)))),
+            other => Err(End::Protocol(format!("unexpected {} from berthd", other.kind_name()))),
         }
     }
 
@@ -164,23 +164,6 @@ impl Conn {
         } else {
             Err(End::Protocol(format!("{what} for unknown command id {id}")))
         }
-    }
-}
-
-fn kind(f: &Frame) -> &'static str {
-    match f {
-        Frame::Hello { .. } => "hello",
-        Frame::Start(_) => "start",
-        Frame::Stdin { .. } => "stdin",
-        Frame::StdinEnd { .. } => "stdin end",
-        Frame::Output { .. } => "output",
-        Frame::Ack { .. } => "ack",
-        Frame::Exited { .. } => "exited",
-        Frame::Failed { .. } => "failed",
-        Frame::Kill { .. } => "kill",
-        Frame::Ping { .. } => "ping",
-        Frame::Pong { .. } => "pong",
-        Frame::Error { .. } => "error",
     }
 }
 
