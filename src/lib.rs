@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod files;
 pub mod model;
 pub mod runtime;
 pub mod store;
