@@ -225,3 +225,23 @@ fn projects_on_the_host_say_why_they_have_no_background_processes() {
     assert_eq!(r["error"]["data"]["kind"], "runtime_unavailable", "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("berth-agent"), "{r}");
 }
+
+#[test]
+fn a_running_background_process_keeps_its_project_from_idle_stop() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("[janitor]\nidle_stop_after = \"1s\"\n");
+    let (busy, idle) = (d.name("a-busy"), d.name("b-idle"));
+    d.ok("project.create", json!({"name": busy}));
+    d.ok("project.create", json!({"name": idle}));
+    let p = d.ok("process.spawn", json!({"name": busy, "command": ["sleep", "600"]}));
+    // The janitor sweeps both in the same rounds; the idle one goes first to a stop.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.ok("project.get", json!({"name": idle}))["status"] != "stopped" {
+        assert!(Instant::now() < deadline, "never idle-stopped; log:\n{}", d.log_text());
+        let _ = d.ok("process.wait", json!({"name": busy, "id": p["id"], "timeout": "100ms"}));
+    }
+    assert_eq!(d.ok("project.get", json!({"name": busy}))["status"], "running");
+    assert_eq!(d.ok("process.list", json!({"name": busy}))[0]["running"], true);
+}
