@@ -37,8 +37,9 @@
 //! - `Mkdir` and `mkdirs` make directories 0755 (or `mode` for the last one), set
 //!   exactly; with `parents`, an existing directory (or a symlink to one inside the
 //!   workspace) is kept as it is, its mode unchanged.
-//! - `Remove` of a path ending in `.` or `..` is refused (name the directory itself);
-//!   a trailing `/` is ignored (`/workspace/link/` removes the symlink `link`).
+//! - A trailing `/` is dropped from every path: `/workspace/link/` names the symlink
+//!   `link` itself for `Stat` and `Remove`, and `Write` to `file/` writes `file`.
+//! - `Remove` of a path ending in `.` or `..` is refused (name the directory itself).
 //! - Entry paths are the request's path (trailing `/` dropped) joined with the name;
 //!   `Stat` of `/workspace` names the entry `workspace`.
 //! - Names that are not UTF-8 are converted lossily (U+FFFD) in `name`, `path` and a
@@ -628,6 +629,11 @@ fn write(ws: &Ws, t: &Target<'_>, data: &[u8], at: WriteAt, mode: Option<u32>, m
         Err(Errno(libc::ENXIO)) => Err(not_regular(t.shown)),
         r => Ok(r),
     };
+    // The file is opened (and created) by openat2 from the workspace with the whole
+    // path, not by name in a parent descriptor: the kernel then resolves the parent with
+    // the same confinement, and a last component that is a symlink inside the workspace
+    // (but outside its parent directory) is written through as `open` would, which
+    // RESOLVE_BENEATH from the parent would refuse.
     let (fd, created) = match opened(ws.open(t.rel, flags, 0)?)? {
         Ok(fd) => (fd, false),
         Err(Errno(libc::ENOENT)) => {
@@ -676,7 +682,7 @@ fn missing_parent(ws: &Ws, t: &Target<'_>, make: bool, flag: &str) -> Result<(),
     match ws.dir(parent_rel)? {
         // The parent is there: the path is a symlink to something missing.
         Ok(_) => Err(fail(t.shown, Errno(libc::ENOENT))),
-        Err(Errno(libc::ENOENT)) if make => mkdir_p(ws, parent_rel).map(drop),
+        Err(Errno(libc::ENOENT)) if make => mkdir_p(ws, parent_rel, t.shown).map(drop),
         Err(Errno(libc::ENOENT)) => Err(Error::invalid_params(format!(
             "the parent directory {parent_shown} of {} does not exist ({flag} creates it)",
             t.shown
@@ -697,9 +703,11 @@ fn make_dir(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Sys<()> {
     fchmod(made.as_fd(), mode)
 }
 
-/// Makes `rel` and its missing parents (0755), confined; returns it (`O_PATH`).
-fn mkdir_p(ws: &Ws, rel: &str) -> Result<OwnedFd, Error> {
-    let mut cur = ws.dir("")?.map_err(|e| fail(WORKSPACE_IN_CONTAINER, e))?;
+/// Makes `rel` and its missing parents (0755), confined; returns it (`O_PATH`). Errors
+/// name the component they met (a way out of the workspace: the request's `shown`).
+fn mkdir_p(ws: &Ws, rel: &str, shown: &str) -> Result<OwnedFd, Error> {
+    let fail_at = |here: &str, e: Errno| fail(if e == Errno(libc::EXDEV) { shown } else { here }, e);
+    let mut cur = ws.dir("")?.map_err(|e| fail_at(WORKSPACE_IN_CONTAINER, e))?;
     let mut prefix = String::new();
     for part in rel.split('/').filter(|p| !p.is_empty() && *p != ".") {
         if !prefix.is_empty() {
@@ -712,18 +720,18 @@ fn mkdir_p(ws: &Ws, rel: &str) -> Result<OwnedFd, Error> {
             Err(Errno(libc::ENOENT)) => {
                 match make_dir(cur.as_fd(), &c_string(part)?, 0o755) {
                     Ok(()) | Err(Errno(libc::EEXIST)) => {}
-                    Err(e) => return Err(fail(&here, e)),
+                    Err(e) => return Err(fail_at(&here, e)),
                 }
                 match ws.dir(&prefix)? {
                     Ok(fd) => fd,
                     Err(Errno(libc::ENOENT)) => {
                         return Err(Error::invalid_params(format!("{here} exists but does not lead to a directory")))
                     }
-                    Err(e) => return Err(fail(&here, e)),
+                    Err(e) => return Err(fail_at(&here, e)),
                 }
             }
             Err(Errno(libc::ENOTDIR)) => return Err(Error::invalid_params(format!("{here} is not a directory"))),
-            Err(e) => return Err(fail(&here, e)),
+            Err(e) => return Err(fail_at(&here, e)),
         };
     }
     Ok(cur)
@@ -863,7 +871,7 @@ fn mkdir(ws: &Ws, t: &Target<'_>, parents: bool, mode: Option<u32>) -> Result<Fs
         };
     };
     let parent = match parents {
-        true => mkdir_p(ws, parent_rel)?,
+        true => mkdir_p(ws, parent_rel, t.shown)?,
         false => match ws.dir(parent_rel)? {
             Ok(fd) => fd,
             Err(Errno(libc::ENOENT | libc::ENOTDIR)) => {
@@ -878,5 +886,612 @@ fn mkdir(ws: &Ws, t: &Target<'_>, parents: bool, mode: Option<u32>) -> Result<Fs
         // An existing directory, or a symlink to one inside the workspace.
         Err(Errno(libc::EEXIST)) if parents && ws.dir(t.rel)?.is_ok() => Ok(FsReply::Done { size: 0 }),
         Err(e) => Err(fail(t.shown, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::fs;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A temp dir holding the workspace `ws` and, beside it, `outside` (with files a
+    /// call must never reach). Removed on drop, also when a test fails.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        ws: PathBuf,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let ws = dir.path().join("ws");
+            fs::create_dir(&ws).unwrap();
+            fs::create_dir_all(dir.path().join("outside/sub")).unwrap();
+            fs::write(dir.path().join("outside/keep.txt"), "keep").unwrap();
+            fs::write(dir.path().join("outside/sub/keep2.txt"), "keep2").unwrap();
+            Fixture { dir, ws }
+        }
+
+        fn outside(&self) -> PathBuf {
+            self.dir.path().join("outside")
+        }
+
+        fn outside_intact(&self) {
+            assert_eq!(fs::read_to_string(self.outside().join("keep.txt")).unwrap(), "keep");
+            assert_eq!(fs::read_to_string(self.outside().join("sub/keep2.txt")).unwrap(), "keep2");
+            let mut names: Vec<_> =
+                fs::read_dir(self.outside()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            names.sort();
+            assert_eq!(names, ["keep.txt", "sub"]);
+            assert!(!self.dir.path().join("x").exists());
+        }
+
+        fn host(&self, rel: &str) -> PathBuf {
+            self.ws.join(rel)
+        }
+
+        fn run(&self, c: FsCall) -> Result<FsReply, Error> {
+            self.run_as(None, c)
+        }
+
+        fn run_as(&self, user: Option<(u32, u32)>, c: FsCall) -> Result<FsReply, Error> {
+            call(&self.ws, user, c)
+        }
+
+        fn read(&self, path: &str, offset: u64, limit: u64) -> Result<FsReply, Error> {
+            self.run(FsCall::Read { path: p(path), offset, limit })
+        }
+
+        fn read_all(&self, path: &str) -> Vec<u8> {
+            match self.read(path, 0, u64::MAX).unwrap() {
+                FsReply::Data { data, eof: true, .. } => data,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        fn write(&self, path: &str, data: &[u8], at: WriteAt) -> Result<FsReply, Error> {
+            self.run(FsCall::Write { path: p(path), data: data.to_vec(), at, mode: None, mkdirs: false })
+        }
+
+        fn list(&self, path: &str) -> Result<FsReply, Error> {
+            self.run(FsCall::List { path: p(path) })
+        }
+
+        fn names(&self, path: &str) -> Vec<String> {
+            entries(self.list(path).unwrap()).into_iter().map(|e| e.name).collect()
+        }
+
+        fn stat(&self, path: &str) -> Result<FsEntry, Error> {
+            self.run(FsCall::Stat { path: p(path) }).map(|r| entries(r).remove(0))
+        }
+
+        fn remove(&self, path: &str, recursive: bool) -> Result<FsReply, Error> {
+            self.run(FsCall::Remove { path: p(path), recursive })
+        }
+
+        fn mkdir(&self, path: &str, parents: bool, mode: Option<u32>) -> Result<FsReply, Error> {
+            self.run(FsCall::Mkdir { path: p(path), parents, mode })
+        }
+    }
+
+    fn p(s: &str) -> FsPath {
+        FsPath::parse(s).unwrap()
+    }
+
+    fn entries(r: FsReply) -> Vec<FsEntry> {
+        match r {
+            FsReply::Entries(e) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn done(r: Result<FsReply, Error>) -> u64 {
+        match r {
+            Ok(FsReply::Done { size }) => size,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn fails(r: Result<FsReply, Error>, kind: ErrorKind, words: &[&str]) {
+        let e = match r {
+            Err(e) => e,
+            Ok(r) => panic!("expected {kind:?}, got {r:?}"),
+        };
+        assert_eq!(e.kind, kind, "{e}");
+        for w in words {
+            assert!(e.message.contains(w), "{w:?} not in {:?}", e.message);
+        }
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    fn mkfifo(path: &Path) {
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: c is NUL-terminated.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+
+    #[test]
+    fn a_large_binary_file_makes_the_round_trip_in_chunks() {
+        let f = Fixture::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let data: Vec<u8> = (0..5 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let path = "/workspace/deep/er/blob.bin";
+        // Chunks written last to first, at their offsets; the first call makes the parents.
+        let chunk = 256 << 10;
+        let starts: Vec<usize> = (0..data.len()).step_by(chunk).collect();
+        for (i, &start) in starts.iter().rev().enumerate() {
+            let end = (start + chunk).min(data.len());
+            let size = done(f.run(FsCall::Write {
+                path: p(path),
+                data: data[start..end].to_vec(),
+                at: WriteAt::Offset(start as u64),
+                mode: None,
+                mkdirs: i == 0,
+            }));
+            assert_eq!(size, data.len() as u64);
+        }
+        assert_eq!(fs::read(f.host("deep/er/blob.bin")).unwrap(), data);
+        // Read back in chunks of another size.
+        let (mut back, mut offset) = (Vec::new(), 0u64);
+        loop {
+            match f.read("deep/er/blob.bin", offset, 300_000).unwrap() {
+                FsReply::Data { data: got, size, eof } => {
+                    assert_eq!(size, data.len() as u64);
+                    assert!(got.len() <= 300_000);
+                    offset += got.len() as u64;
+                    back.extend_from_slice(&got);
+                    assert_eq!(eof, offset == size);
+                    if eof {
+                        break;
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(back == data, "the data read back differs");
+        // Past the end: nothing, at the end.
+        assert_eq!(
+            f.read(path, data.len() as u64 + 10, 100).unwrap(),
+            FsReply::Data { data: vec![], size: data.len() as u64, eof: true }
+        );
+        // Offset writes leave the rest; replace and append.
+        assert_eq!(done(f.write(path, b"\0\xff", WriteAt::Offset(1))), data.len() as u64);
+        assert_eq!(&fs::read(f.host("deep/er/blob.bin")).unwrap()[..4], &[data[0], 0, 0xff, data[3]]);
+        assert_eq!(done(f.write(path, b"abc", WriteAt::Replace)), 3);
+        assert_eq!(done(f.write(path, b"def", WriteAt::Append)), 6);
+        assert_eq!(f.read_all(path), b"abcdef");
+        assert_eq!(done(f.write(path, b"", WriteAt::Replace)), 0);
+        assert_eq!(f.read(path, 0, 10).unwrap(), FsReply::Data { data: vec![], size: 0, eof: true });
+        // A write past the end leaves a hole.
+        assert_eq!(done(f.write("sparse", b"z", WriteAt::Offset(4))), 5);
+        assert_eq!(f.read_all("sparse"), b"\0\0\0\0z");
+    }
+
+    #[test]
+    fn each_error_has_its_kind_and_names_the_path() {
+        let f = Fixture::new();
+        fs::create_dir_all(f.host("dir/sub")).unwrap();
+        fs::write(f.host("file.txt"), "x").unwrap();
+        mkfifo(&f.host("fifo"));
+        symlink("loop2", f.host("loop1")).unwrap();
+        symlink("loop1", f.host("loop2")).unwrap();
+
+        fails(
+            f.read("/etc/passwd", 0, 10),
+            ErrorKind::Forbidden,
+            &["path /etc/passwd is outside the workspace: project files on the host are confined to /workspace"],
+        );
+        fails(f.read("/workspacefoo/x", 0, 10), ErrorKind::Forbidden, &["/workspacefoo/x is outside"]);
+        fails(f.mkdir("/", true, None), ErrorKind::Forbidden, &["path / is outside"]);
+
+        fails(f.read("nope.txt", 0, 10), ErrorKind::NotFound, &["/workspace/nope.txt does not exist"]);
+        fails(f.read("dir", 0, 10), ErrorKind::InvalidParams, &["/workspace/dir is a directory"]);
+        fails(f.read("/workspace", 0, 10), ErrorKind::InvalidParams, &["/workspace is a directory"]);
+        let start = Instant::now();
+        fails(f.read("fifo", 0, 10), ErrorKind::InvalidParams, &["/workspace/fifo is not a regular file"]);
+        fails(f.write("fifo", b"x", WriteAt::Append), ErrorKind::InvalidParams, &["/workspace/fifo is not a regular"]);
+        assert!(start.elapsed() < Duration::from_secs(5), "a FIFO blocked");
+        fails(f.read("file.txt/x", 0, 10), ErrorKind::InvalidParams, &["/workspace/file.txt/x", "not a directory"]);
+        fails(f.read("loop1", 0, 10), ErrorKind::InvalidParams, &["/workspace/loop1", "symbolic links"]);
+
+        fails(f.write("dir", b"x", WriteAt::Replace), ErrorKind::InvalidParams, &["/workspace/dir is a directory"]);
+        fails(f.write("dir/", b"x", WriteAt::Replace), ErrorKind::InvalidParams, &["/workspace/dir is a directory"]);
+        fails(
+            f.write("no/such/f.txt", b"x", WriteAt::Replace),
+            ErrorKind::InvalidParams,
+            &["parent directory /workspace/no/such of /workspace/no/such/f.txt does not exist"],
+        );
+        assert!(!f.host("no").exists());
+        fails(f.write("file.txt/x", b"x", WriteAt::Replace), ErrorKind::InvalidParams, &["/workspace/file.txt/x"]);
+        fails(
+            f.run(FsCall::Write {
+                path: p("m.txt"),
+                data: vec![],
+                at: WriteAt::Replace,
+                mode: Some(0o10000),
+                mkdirs: false,
+            }),
+            ErrorKind::InvalidParams,
+            &["mode 0o10000", "/workspace/m.txt"],
+        );
+        assert!(!f.host("m.txt").exists());
+        fails(f.write("big", b"x", WriteAt::Offset(u64::MAX)), ErrorKind::InvalidParams, &["/workspace/big"]);
+
+        fails(f.list("file.txt"), ErrorKind::InvalidParams, &["/workspace/file.txt is not a directory"]);
+        fails(f.list("nope"), ErrorKind::NotFound, &["/workspace/nope does not exist"]);
+        fails(f.stat("nope").map(|e| FsReply::Entries(vec![e])), ErrorKind::NotFound, &["/workspace/nope does"]);
+        fails(f.stat("nope/x").map(|e| FsReply::Entries(vec![e])), ErrorKind::NotFound, &["/workspace/nope/x does"]);
+
+        fails(f.remove("nope", false), ErrorKind::NotFound, &["/workspace/nope does not exist"]);
+        fails(f.remove("dir", false), ErrorKind::InvalidParams, &["/workspace/dir is not empty"]);
+        assert!(f.host("dir/sub").is_dir());
+        for root in ["/workspace", "/workspace/", "/workspace/.", "/workspace/dir/.."] {
+            fails(f.remove(root, true), ErrorKind::InvalidParams, &[root.trim_end_matches('/'), "workspace root"]);
+        }
+        fails(f.remove("dir/sub/..", true), ErrorKind::InvalidParams, &["/workspace/dir/sub/..", "ending in . or .."]);
+        assert!(f.ws.is_dir() && f.host("dir/sub").is_dir());
+
+        fails(f.mkdir("dir", false, None), ErrorKind::AlreadyExists, &["/workspace/dir already exists"]);
+        fails(f.mkdir("/workspace", false, None), ErrorKind::AlreadyExists, &["/workspace already exists"]);
+        fails(f.mkdir("file.txt", false, None), ErrorKind::AlreadyExists, &["/workspace/file.txt already exists"]);
+        fails(f.mkdir("file.txt", true, None), ErrorKind::AlreadyExists, &["/workspace/file.txt already exists"]);
+        fails(
+            f.mkdir("no/such", false, None),
+            ErrorKind::InvalidParams,
+            &["parent directory /workspace/no of /workspace/no/such does not exist"],
+        );
+        fails(
+            f.mkdir("file.txt/x", false, None),
+            ErrorKind::InvalidParams,
+            &["/workspace/file.txt", "not a directory"],
+        );
+        fails(f.mkdir("file.txt/x", true, None), ErrorKind::InvalidParams, &["/workspace/file.txt is not a directory"]);
+        fails(f.mkdir("d", false, Some(0o20000)), ErrorKind::InvalidParams, &["mode 0o20000"]);
+        done(f.mkdir("dir", true, None));
+        done(f.mkdir("/workspace", true, None));
+
+        // The workspace itself missing: the host's trouble, not the request's.
+        fs::remove_dir_all(&f.ws).unwrap();
+        fails(f.stat("/workspace").map(|e| FsReply::Entries(vec![e])), ErrorKind::RuntimeError, &["workspace"]);
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_workspace_is_not_followed() {
+        let f = Fixture::new();
+        symlink("/etc", f.host("etc")).unwrap();
+        symlink("../outside", f.host("out")).unwrap();
+        symlink(f.outside().join("keep.txt"), f.host("keep")).unwrap();
+        fs::create_dir(f.host("d")).unwrap();
+        symlink("../../outside/sub", f.host("d/up")).unwrap();
+
+        fails(f.read("etc/passwd", 0, 10), ErrorKind::Forbidden, &["/workspace/etc/passwd", "outside the workspace"]);
+        fails(f.read("/workspace/etc/hostname", 0, 10), ErrorKind::Forbidden, &["/workspace/etc/hostname"]);
+        fails(f.write("etc/berth-local-fs-test", b"x", WriteAt::Replace), ErrorKind::Forbidden, &["/workspace/etc/"]);
+        assert!(!Path::new("/etc/berth-local-fs-test").exists());
+        fails(f.list("etc"), ErrorKind::Forbidden, &["/workspace/etc"]);
+        fails(f.list("etc/"), ErrorKind::Forbidden, &["/workspace/etc"]);
+        let st = f.stat("etc").unwrap();
+        assert_eq!((st.kind, st.target.as_deref(), st.name.as_str()), (EntryType::Symlink, Some("/etc"), "etc"));
+        assert_eq!(st.path, "/workspace/etc");
+        fails(
+            f.stat("etc/passwd").map(|e| FsReply::Entries(vec![e])),
+            ErrorKind::Forbidden,
+            &["/workspace/etc/passwd"],
+        );
+
+        for path in ["out/keep.txt", "keep", "d/up/keep2.txt"] {
+            fails(f.read(path, 0, 10), ErrorKind::Forbidden, &[path]);
+            fails(f.write(path, b"gone", WriteAt::Replace), ErrorKind::Forbidden, &[path]);
+            fails(f.write(path, b"more", WriteAt::Append), ErrorKind::Forbidden, &[path]);
+        }
+        fails(f.write("out/new.txt", b"x", WriteAt::Replace), ErrorKind::Forbidden, &["/workspace/out/new.txt"]);
+        fails(
+            f.run(FsCall::Write {
+                path: p("out/a/b/new.txt"),
+                data: vec![],
+                at: WriteAt::Replace,
+                mode: None,
+                mkdirs: true,
+            }),
+            ErrorKind::Forbidden,
+            &["/workspace/out"],
+        );
+        fails(f.mkdir("out/newdir", false, None), ErrorKind::Forbidden, &["/workspace/out/newdir"]);
+        fails(f.mkdir("out/newdir/x", true, None), ErrorKind::Forbidden, &["/workspace/out"]);
+        fails(f.list("d/up"), ErrorKind::Forbidden, &["/workspace/d/up"]);
+        fails(f.remove("out/keep.txt", false), ErrorKind::Forbidden, &["/workspace/out/keep.txt"]);
+        fails(f.remove("d/up/keep2.txt", true), ErrorKind::Forbidden, &["/workspace/d/up/keep2.txt"]);
+        f.outside_intact();
+
+        // An absolute symlink is refused even when it leads into the workspace.
+        symlink(f.host("d"), f.host("abs")).unwrap();
+        fails(f.list("abs"), ErrorKind::Forbidden, &["/workspace/abs"]);
+
+        // Removing the links removes only the links.
+        for link in ["etc", "out", "keep", "d/up"] {
+            done(f.remove(link, false));
+            assert!(fs::symlink_metadata(f.host(link)).is_err(), "{link} is still there");
+        }
+        done(f.remove("abs/", true));
+        assert!(f.host("d").is_dir());
+        assert!(Path::new("/etc/passwd").exists());
+        f.outside_intact();
+    }
+
+    #[test]
+    fn dot_dot_cannot_leave_the_workspace() {
+        let f = Fixture::new();
+        fs::create_dir(f.host("a")).unwrap();
+        for path in ["/workspace/../x", "a/../../x", "/workspace/a/../../outside/keep.txt", "/workspace/.."] {
+            fails(f.read(path, 0, 10), ErrorKind::Forbidden, &[&p(path).to_string(), "outside the workspace"]);
+            fails(f.write(path, b"x", WriteAt::Replace), ErrorKind::Forbidden, &[&p(path).to_string()]);
+            fails(f.list(path), ErrorKind::Forbidden, &[&p(path).to_string()]);
+            fails(f.stat(path).map(|e| FsReply::Entries(vec![e])), ErrorKind::Forbidden, &[&p(path).to_string()]);
+            fails(f.remove(path, true), ErrorKind::Forbidden, &[&p(path).to_string()]);
+            fails(f.mkdir(path, true, None), ErrorKind::Forbidden, &[&p(path).to_string()]);
+        }
+        fails(
+            f.run(FsCall::Write { path: p("../y/z"), data: vec![], at: WriteAt::Replace, mode: None, mkdirs: true }),
+            ErrorKind::Forbidden,
+            &["/workspace/../y/z"],
+        );
+        assert!(!f.dir.path().join("y").exists());
+        fails(f.mkdir("/workspace/../../../y", true, None), ErrorKind::Forbidden, &["/workspace/../../../y"]);
+        assert!(!f.dir.path().join("y").exists());
+        f.outside_intact();
+        // `..` that stays inside is fine.
+        done(f.write("a/../b.txt", b"b", WriteAt::Replace));
+        assert_eq!(fs::read(f.host("b.txt")).unwrap(), b"b");
+        assert_eq!(f.read_all("/workspace/a/./../b.txt"), b"b");
+        assert_eq!(f.stat("a/..").unwrap().kind, EntryType::Dir);
+    }
+
+    #[test]
+    fn symlinks_inside_the_workspace_work() {
+        let f = Fixture::new();
+        fs::create_dir_all(f.host("real/dir")).unwrap();
+        fs::write(f.host("real/dir/file.txt"), "hello").unwrap();
+        fs::create_dir(f.host("other")).unwrap();
+        symlink("real", f.host("link")).unwrap();
+        symlink("../real/dir", f.host("other/up")).unwrap();
+        symlink("real/dir/file.txt", f.host("flink")).unwrap();
+        symlink("real/created.txt", f.host("dangling")).unwrap();
+
+        assert_eq!(f.read_all("link/dir/file.txt"), b"hello");
+        assert_eq!(f.read_all("flink"), b"hello");
+        done(f.write("other/up/new.txt", b"new", WriteAt::Replace));
+        assert_eq!(fs::read(f.host("real/dir/new.txt")).unwrap(), b"new");
+        done(f.write("flink", b"bye", WriteAt::Replace));
+        assert_eq!(fs::read(f.host("real/dir/file.txt")).unwrap(), b"bye");
+        assert!(fs::symlink_metadata(f.host("flink")).unwrap().file_type().is_symlink());
+        // Writing through a dangling link creates its target, as open(2) does.
+        done(f.write("dangling", b"made", WriteAt::Replace));
+        assert_eq!(fs::read(f.host("real/created.txt")).unwrap(), b"made");
+
+        let listed = entries(f.list("other/up").unwrap());
+        assert_eq!(listed.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["file.txt", "new.txt"]);
+        assert_eq!(listed[1].path, "/workspace/other/up/new.txt");
+        assert_eq!(f.names("link"), ["created.txt", "dir"]);
+        let st = f.stat("link").unwrap();
+        assert_eq!((st.kind, st.target.as_deref()), (EntryType::Symlink, Some("real")));
+        assert_eq!(f.stat("link/dir").unwrap().kind, EntryType::Dir);
+
+        done(f.mkdir("link/dir2", false, None));
+        assert!(f.host("real/dir2").is_dir());
+        done(f.mkdir("link", true, None));
+        fails(f.mkdir("link", false, None), ErrorKind::AlreadyExists, &["/workspace/link"]);
+        done(f.mkdir("other/up/x/y", true, None));
+        assert!(f.host("real/dir/x/y").is_dir());
+        done(f.remove("link/dir2", false));
+        assert!(!f.host("real/dir2").exists());
+    }
+
+    #[test]
+    fn a_recursive_remove_does_not_follow_symlinks_out() {
+        let f = Fixture::new();
+        fs::create_dir_all(f.host("tree/a/b")).unwrap();
+        fs::write(f.host("tree/a/b/c.txt"), "c").unwrap();
+        fs::write(f.host("tree/top.txt"), "t").unwrap();
+        symlink(f.outside(), f.host("tree/a/abs")).unwrap();
+        symlink("../../outside", f.host("tree/rel")).unwrap();
+        symlink(f.outside().join("keep.txt"), f.host("tree/a/b/file")).unwrap();
+        mkfifo(&f.host("tree/a/fifo"));
+        let mut deep = f.host("tree/deep");
+        for _ in 0..100 {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("end.txt"), "e").unwrap();
+        fs::write(f.host("keep.txt"), "mine").unwrap();
+
+        fails(f.remove("tree", false), ErrorKind::InvalidParams, &["/workspace/tree is not empty"]);
+        assert_eq!(done(f.remove("/workspace/tree/", true)), 0);
+        assert!(fs::symlink_metadata(f.host("tree")).is_err());
+        assert_eq!(fs::read(f.host("keep.txt")).unwrap(), b"mine");
+        f.outside_intact();
+        // A symlink to a directory, removed recursively, is only unlinked.
+        symlink(f.outside(), f.host("alink")).unwrap();
+        done(f.remove("alink", true));
+        f.outside_intact();
+    }
+
+    #[test]
+    fn modes_are_set_exactly() {
+        let f = Fixture::new();
+        let write = |path: &str, mode: Option<u32>, mkdirs: bool| {
+            f.run(FsCall::Write { path: p(path), data: b"x".to_vec(), at: WriteAt::Replace, mode, mkdirs })
+        };
+        done(write("new.txt", None, false));
+        assert_eq!(mode_of(&f.host("new.txt")), 0o644);
+        done(write("secret.txt", Some(0o600), false));
+        assert_eq!(mode_of(&f.host("secret.txt")), 0o600);
+        done(write("new.txt", Some(0o640), false));
+        assert_eq!(mode_of(&f.host("new.txt")), 0o640);
+        done(write("new.txt", None, false));
+        assert_eq!(mode_of(&f.host("new.txt")), 0o640, "a mode is kept unless one is given");
+        done(write("tool", Some(0o4755), false));
+        assert_eq!(mode_of(&f.host("tool")), 0o4755);
+        done(write("odd", Some(0o000), false));
+        assert_eq!(mode_of(&f.host("odd")), 0);
+        done(write("made/by/write.txt", Some(0o600), true));
+        assert_eq!(mode_of(&f.host("made")), 0o755);
+        assert_eq!(mode_of(&f.host("made/by")), 0o755);
+        assert_eq!(mode_of(&f.host("made/by/write.txt")), 0o600);
+
+        done(f.mkdir("d1", false, None));
+        assert_eq!(mode_of(&f.host("d1")), 0o755);
+        done(f.mkdir("d2", false, Some(0o700)));
+        assert_eq!(mode_of(&f.host("d2")), 0o700);
+        done(f.mkdir("d3/e/f", true, Some(0o1777)));
+        assert_eq!(mode_of(&f.host("d3")), 0o755);
+        assert_eq!(mode_of(&f.host("d3/e")), 0o755);
+        assert_eq!(mode_of(&f.host("d3/e/f")), 0o1777);
+        done(f.mkdir("d2", true, Some(0o755)));
+        assert_eq!(mode_of(&f.host("d2")), 0o700, "mkdir -p leaves an existing directory as it is");
+
+        let st = f.stat("tool").unwrap();
+        assert_eq!((st.kind, st.mode, st.size), (EntryType::File, 0o4755, 1));
+    }
+
+    #[test]
+    fn list_and_stat_describe_entries() {
+        let f = Fixture::new();
+        fs::create_dir(f.host("b-dir")).unwrap();
+        fs::write(f.host("a.txt"), "12345").unwrap();
+        fs::write(f.host("C"), "").unwrap();
+        symlink("a.txt", f.host("link")).unwrap();
+        mkfifo(&f.host("pipe"));
+        fs::write(f.ws.join(OsStr::from_bytes(b"caf\xe9")), "").unwrap();
+
+        let listed = entries(f.list("/workspace/").unwrap());
+        let names: Vec<_> = listed.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["C", "a.txt", "b-dir", "caf\u{fffd}", "link", "pipe"]);
+        let by = |n: &str| listed.iter().find(|e| e.name == n).unwrap().clone();
+        let a = by("a.txt");
+        assert_eq!(
+            (a.kind, a.size, a.path.as_str(), a.target.as_deref()),
+            (EntryType::File, 5, "/workspace/a.txt", None)
+        );
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        assert!((now_ms - a.mtime_ms).abs() < 60_000, "mtime {} vs now {now_ms}", a.mtime_ms);
+        assert_eq!(by("b-dir").kind, EntryType::Dir);
+        assert_eq!(by("pipe").kind, EntryType::Other);
+        assert_eq!(by("caf\u{fffd}").path, "/workspace/caf\u{fffd}");
+        let link = by("link");
+        assert_eq!((link.kind, link.target.as_deref()), (EntryType::Symlink, Some("a.txt")));
+        assert_eq!(f.names("b-dir"), Vec::<String>::new());
+
+        assert_eq!(f.stat("link").unwrap(), link);
+        assert_eq!(f.stat("/workspace/a.txt").unwrap(), a);
+        let root = f.stat("/workspace").unwrap();
+        assert_eq!((root.name.as_str(), root.path.as_str(), root.kind), ("workspace", "/workspace", EntryType::Dir));
+        assert_eq!(f.stat("/workspace/").unwrap().path, "/workspace");
+    }
+
+    #[test]
+    fn remove_takes_files_links_and_empty_directories() {
+        let f = Fixture::new();
+        fs::write(f.host("f.txt"), "x").unwrap();
+        fs::create_dir(f.host("empty")).unwrap();
+        fs::create_dir(f.host("target")).unwrap();
+        fs::write(f.host("target/in.txt"), "in").unwrap();
+        symlink("target", f.host("dlink")).unwrap();
+        symlink("missing", f.host("dangling")).unwrap();
+        done(f.remove("f.txt", false));
+        done(f.remove("empty", false));
+        done(f.remove("dlink", false));
+        done(f.remove("dangling", false));
+        assert_eq!(fs::read(f.host("target/in.txt")).unwrap(), b"in");
+        assert_eq!(f.names("/workspace"), ["target"]);
+    }
+
+    /// The thread's filesystem ids and groups, as `ActAs` must leave them.
+    fn creds() -> (u32, u32, Vec<libc::gid_t>) {
+        (setfsuid(u32::MAX), setfsgid(u32::MAX), groups().unwrap())
+    }
+
+    #[test]
+    fn acting_as_a_user() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("note: not root, so acting_as_a_user checks nothing (it needs root to act as uid 65534)");
+            return;
+        }
+        let f = Fixture::new();
+        let nobody = Some((65534, 65534));
+        fs::set_permissions(f.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+        std::os::unix::fs::chown(&f.ws, Some(65534), Some(65534)).unwrap();
+        fs::write(f.host("secret"), "root only").unwrap();
+        fs::set_permissions(f.host("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(f.host("group0"), "root's group").unwrap();
+        fs::set_permissions(f.host("group0"), fs::Permissions::from_mode(0o060)).unwrap();
+        fs::write(f.host("public"), "all").unwrap();
+        fs::set_permissions(f.host("public"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::create_dir(f.host("rootdir")).unwrap();
+
+        // This test thread's own groups include root's: they must not count for the user.
+        let before = creds();
+        set_groups(&[0, 4]).unwrap();
+        let ours = creds();
+        assert_eq!((ours.0, ours.1, ours.2.as_slice()), (0, 0, &[0, 4][..]));
+
+        let run = |c: FsCall| {
+            let r = f.run_as(nobody, c);
+            assert_eq!(creds(), ours, "credentials not restored");
+            r
+        };
+        let w = |path: &str, mkdirs: bool, mode: Option<u32>| FsCall::Write {
+            path: p(path),
+            data: b"data".to_vec(),
+            at: WriteAt::Replace,
+            mode,
+            mkdirs,
+        };
+        done(run(w("made/by/nobody.txt", true, None)));
+        done(run(FsCall::Mkdir { path: p("dir"), parents: false, mode: None }));
+        for made in ["made", "made/by", "made/by/nobody.txt", "dir"] {
+            let m = fs::metadata(f.host(made)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{made}");
+        }
+        // Set-id bits survive the user's own write.
+        done(run(w("tool", false, Some(0o2755))));
+        assert_eq!(mode_of(&f.host("tool")), 0o2755);
+
+        let read = |path: &str| FsCall::Read { path: p(path), offset: 0, limit: 100 };
+        fails(run(read("secret")), ErrorKind::Forbidden, &["/workspace/secret", "permission denied"]);
+        fails(run(read("group0")), ErrorKind::Forbidden, &["/workspace/group0"]);
+        assert!(matches!(run(read("public")), Ok(FsReply::Data { .. })));
+        fails(run(w("public", false, None)), ErrorKind::Forbidden, &["/workspace/public"]);
+        fails(run(w("rootdir/x", false, None)), ErrorKind::Forbidden, &["/workspace/rootdir/x"]);
+        fails(run(w("rootdir/a/b", true, None)), ErrorKind::Forbidden, &["/workspace/rootdir/a"]);
+        fails(run(w("secret", false, Some(0o644))), ErrorKind::Forbidden, &["/workspace/secret"]);
+        fails(
+            run(FsCall::Mkdir { path: p("rootdir/d"), parents: false, mode: None }),
+            ErrorKind::Forbidden,
+            &["/workspace/rootdir/d"],
+        );
+        assert_eq!(fs::read(f.host("public")).unwrap(), b"all");
+        assert!(fs::read_dir(f.host("rootdir")).unwrap().next().is_none());
+        // The same calls as berthd's own user (root here) go through.
+        assert!(matches!(f.run(read("secret")), Ok(FsReply::Data { .. })));
+
+        set_groups(&before.2).unwrap();
+        assert_eq!(creds(), before);
     }
 }
