@@ -1428,9 +1428,14 @@ mod tests {
 
     #[test]
     fn acting_as_a_user() {
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("note: not root, so acting_as_a_user checks nothing (it needs root to act as uid 65534)");
+        // SAFETY: geteuid/getegid cannot fail.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        if euid != 0 {
+            eprintln!("note: not root, so acting_as_a_user only checks that another user is refused");
+            let f = Fixture::new();
+            let stat = |user| f.run_as(user, FsCall::Stat { path: p("/workspace") });
+            assert!(stat(Some((euid, egid))).is_ok());
+            fails(stat(Some((euid + 1, egid))), ErrorKind::RuntimeError, &["not as root", "cannot act as uid"]);
             return;
         }
         let f = Fixture::new();
