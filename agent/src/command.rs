@@ -300,7 +300,7 @@ impl Pump {
             Ok(n) => match FromShim::decode(&buf[..n]) {
                 Some(FromShim::Exited { code, signal }) => self.exit = Some((code, signal)),
                 Some(FromShim::Failed(reason, message)) => self.failed = Some((reason, message)),
-                None => {}
+                Some(FromShim::Started { .. }) | None => {}
             },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => self.ctl = None,
