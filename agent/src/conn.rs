@@ -2,6 +2,9 @@
 //! frames and routes them to commands by id, and one writer thread that alone writes the
 //! socket, so frames never interleave. Owns the connection's id table; when the
 //! connection ends, for whatever reason, every command started on it is killed.
+//! Calls (file calls, background processes) take ids from the same table; each gets a
+//! `Reply`, through which its one answer is queued whenever it is ready. File calls run on
+//! the connection's call workers (`pool`); the reader thread never blocks on them.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, Write};
@@ -11,10 +14,11 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
-use berth_wire::{read_frame, FailReason, Frame, Start, MAX_FRAME, VERSION};
+use berth_wire::{read_frame, FailReason, Frame, RefusedKind, Start, MAX_FRAME, VERSION};
 
 use crate::command::{self, BaseEnv, Handle, Msg};
-use crate::sys;
+use crate::pool::Pool;
+use crate::{fs, sys};
 
 /// What the writer thread is asked to do.
 pub enum Out {
@@ -25,6 +29,24 @@ pub enum Out {
 }
 
 pub type Outbox = Sender<Out>;
+
+/// Where a call's answer goes: the call's id on its connection. Cheap to clone; sending
+/// never blocks (after the connection ended, what is sent is dropped).
+#[derive(Clone)]
+pub struct Reply {
+    id: u32,
+    out: Outbox,
+}
+
+impl Reply {
+    pub fn send(&self, f: Frame) {
+        let _ = self.out.send(Out::Frame(f.to_bytes()));
+    }
+
+    pub fn refuse(&self, kind: RefusedKind, message: String) {
+        self.send(Frame::Refused { id: self.id, kind, message });
+    }
+}
 
 struct Running {
     handle: Handle,
@@ -51,6 +73,7 @@ struct Conn {
     out: Outbox,
     ids: Arc<Mutex<Ids>>,
     env: BaseEnv,
+    calls: Pool,
 }
 
 /// Serves one connection until it ends.
@@ -60,7 +83,7 @@ pub fn serve(stream: UnixStream, env: BaseEnv) {
     if thread::Builder::new().name("writer".into()).spawn(move || write_loop(w, rx)).is_err() {
         return;
     }
-    let conn = Conn { out, ids: Default::default(), env };
+    let conn = Conn { out, ids: Default::default(), env, calls: Pool::default() };
     conn.frame(Frame::Hello { version: VERSION, pid: sys::getpid() as u32 });
     let mut r = BufReader::with_capacity(64 * 1024, stream);
     let end: Result<(), End> = conn.handshake(&mut r).and_then(|()| loop {
@@ -70,6 +93,7 @@ pub fn serve(stream: UnixStream, env: BaseEnv) {
         conn.frame(Frame::Error { message });
     }
     let _ = conn.out.send(Out::Close);
+    conn.calls.close();
     for r in conn.ids().running.values() {
         r.handle.send(Msg::Kill);
     }
@@ -121,8 +145,48 @@ impl Conn {
                 Ok(())
             }
             Frame::Error { .. } => Err(End::Gone),
+            f @ (Frame::FsRead { .. }
+            | Frame::FsWrite { .. }
+            | Frame::FsList { .. }
+            | Frame::FsStat { .. }
+            | Frame::FsRemove { .. }
+            | Frame::FsMkdir { .. }) => self.file_call(f),
             other => Err(End::Protocol(format!("unexpected {} from berthd", other.kind_name()))),
         }
+    }
+
+    /// Takes `id` for a call: it is used up at once (a call has no frames after its own,
+    /// so a late `Ack`, `Stdin` or `Kill` for it is ignored).
+    fn call(&self, id: u32) -> Result<Reply, End> {
+        let mut ids = self.ids();
+        if ids.running.contains_key(&id) || !ids.finished.insert(id) {
+            return Err(End::Protocol(format!("duplicate command id {id}")));
+        }
+        Ok(Reply { id, out: self.out.clone() })
+    }
+
+    /// Queues a file call on the call workers.
+    fn file_call(&self, f: Frame) -> Result<(), End> {
+        let (key, bytes) = match &f {
+            Frame::FsWrite { path, data, .. } => (path.clone(), data.len() + path.len()),
+            Frame::FsRead { path, .. }
+            | Frame::FsList { path, .. }
+            | Frame::FsStat { path, .. }
+            | Frame::FsRemove { path, .. }
+            | Frame::FsMkdir { path, .. } => (path.clone(), path.len()),
+            _ => (Vec::new(), 0),
+        };
+        let reply = self.call(f.id().unwrap_or(0))?;
+        let r = reply.clone();
+        let job = Box::new(move || {
+            for answer in fs::answer(f) {
+                r.send(answer);
+            }
+        });
+        if let Err(message) = self.calls.submit(key, bytes, job) {
+            reply.refuse(RefusedKind::Busy, message);
+        }
+        Ok(())
     }
 
     fn start(&self, s: Start) -> Result<(), End> {

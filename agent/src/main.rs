@@ -9,11 +9,14 @@
 //! Code map: `server` listens, `conn` speaks one connection, `command` pumps one
 //! command's bytes, `shim` is the per-command process, `ctl` the agent–shim channel,
 //! `init` the PID 1 duties (reaping, signals), `proctree` walks `/proc`, `sys` wraps libc.
+//! Calls: `fs` does the file calls, on a connection's call workers (`pool`).
 
 mod command;
 mod conn;
 mod ctl;
+mod fs;
 mod init;
+mod pool;
 mod proctree;
 mod server;
 mod shim;

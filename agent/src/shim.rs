@@ -107,7 +107,7 @@ pub fn classify(e: &io::Error) -> FailReason {
 }
 
 /// An OS error's text without Rust's " (os error N)" suffix.
-fn plain(e: &io::Error) -> String {
+pub(crate) fn plain(e: &io::Error) -> String {
     let s = e.to_string();
     match s.find(" (os error") {
         Some(i) => s[..i].to_lowercase(),
