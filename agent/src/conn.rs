@@ -4,12 +4,15 @@
 //! connection ends, for whatever reason, every command started on it is killed.
 //! Calls (file calls, background processes) take ids from the same table; each gets a
 //! `Reply`, through which its one answer is queued whenever it is ready. File calls run on
-//! the connection's call workers (`pool`); the reader thread never blocks on them.
+//! the connection's call workers (`pool`); process calls are handed to `procs`, which
+//! answers at once or from the process's pump. The reader thread itself never blocks on
+//! either. Background processes outlive the connection.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -18,7 +21,7 @@ use berth_wire::{read_frame, FailReason, Frame, RefusedKind, Start, MAX_FRAME, V
 
 use crate::command::{self, BaseEnv, Handle, Msg};
 use crate::pool::Pool;
-use crate::{fs, sys};
+use crate::{fs, procs, sys};
 
 /// What the writer thread is asked to do.
 pub enum Out {
@@ -36,15 +39,25 @@ pub type Outbox = Sender<Out>;
 pub struct Reply {
     id: u32,
     out: Outbox,
+    gone: Arc<AtomicBool>,
 }
 
 impl Reply {
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
     pub fn send(&self, f: Frame) {
         let _ = self.out.send(Out::Frame(f.to_bytes()));
     }
 
     pub fn refuse(&self, kind: RefusedKind, message: String) {
         self.send(Frame::Refused { id: self.id, kind, message });
+    }
+
+    /// Whether the connection has ended (nobody will read the answer).
+    pub fn gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
     }
 }
 
@@ -74,6 +87,7 @@ struct Conn {
     ids: Arc<Mutex<Ids>>,
     env: BaseEnv,
     calls: Pool,
+    gone: Arc<AtomicBool>,
 }
 
 /// Serves one connection until it ends.
@@ -83,7 +97,7 @@ pub fn serve(stream: UnixStream, env: BaseEnv) {
     if thread::Builder::new().name("writer".into()).spawn(move || write_loop(w, rx)).is_err() {
         return;
     }
-    let conn = Conn { out, ids: Default::default(), env, calls: Pool::default() };
+    let conn = Conn { out, ids: Default::default(), env, calls: Pool::default(), gone: Default::default() };
     conn.frame(Frame::Hello { version: VERSION, pid: sys::getpid() as u32 });
     let mut r = BufReader::with_capacity(64 * 1024, stream);
     let end: Result<(), End> = conn.handshake(&mut r).and_then(|()| loop {
@@ -93,6 +107,7 @@ pub fn serve(stream: UnixStream, env: BaseEnv) {
         conn.frame(Frame::Error { message });
     }
     let _ = conn.out.send(Out::Close);
+    conn.gone.store(true, Ordering::Relaxed);
     conn.calls.close();
     for r in conn.ids().running.values() {
         r.handle.send(Msg::Kill);
@@ -151,6 +166,31 @@ impl Conn {
             | Frame::FsStat { .. }
             | Frame::FsRemove { .. }
             | Frame::FsMkdir { .. }) => self.file_call(f),
+            Frame::Spawn { start, keep } => {
+                let reply = self.call(start.id)?;
+                procs::spawn(start, keep, self.env.clone(), reply);
+                Ok(())
+            }
+            Frame::ProcList { id } => {
+                procs::list(&self.call(id)?);
+                Ok(())
+            }
+            Frame::ProcOutput { id, proc, stdout_offset, stderr_offset, limit, wait_ms } => {
+                procs::output(&self.call(id)?, proc, [stdout_offset, stderr_offset], limit, wait_ms);
+                Ok(())
+            }
+            Frame::ProcWait { id, proc, timeout_ms } => {
+                procs::wait(&self.call(id)?, proc, timeout_ms);
+                Ok(())
+            }
+            Frame::ProcKill { id, proc, signal, grace_ms } => {
+                procs::kill(&self.call(id)?, proc, signal, grace_ms);
+                Ok(())
+            }
+            Frame::ProcInput { id, proc, data, close } => {
+                procs::input(&self.call(id)?, proc, data, close);
+                Ok(())
+            }
             other => Err(End::Protocol(format!("unexpected {} from berthd", other.kind_name()))),
         }
     }
@@ -162,7 +202,7 @@ impl Conn {
         if ids.running.contains_key(&id) || !ids.finished.insert(id) {
             return Err(End::Protocol(format!("duplicate command id {id}")));
         }
-        Ok(Reply { id, out: self.out.clone() })
+        Ok(Reply { id, out: self.out.clone(), gone: self.gone.clone() })
     }
 
     /// Queues a file call on the call workers.
