@@ -583,32 +583,31 @@ impl Pump {
     }
 
     /// Records the end, answers every waiter, and lets the shim go (or has it kill what is
-    /// left of the tree, if the process was being killed).
+    /// left of the tree, if the process was being killed). The table counts it as ended
+    /// before anyone hears of the end, so that a spawn that follows a kill's answer finds
+    /// its place free.
     fn finish(mut self) {
         let (code, signal) = self.exit.unwrap_or((0, libc::SIGKILL));
-        let waiters = {
-            let mut st = self.p.lock();
-            st.end = Some((code, signal, now_ms()));
-            st.stdin_queued = 0;
-            let waiters = std::mem::take(&mut st.waiters);
-            for w in &waiters {
-                let f = match w.what {
-                    Wait::Output { offsets, limit } => self.p.output_frame(w.reply.id(), &st, offsets, limit),
-                    Wait::End | Wait::Grace => self.p.procs_frame(w.reply.id(), &st),
-                };
-                w.reply.send(f);
-            }
-            waiters
-        };
-        drop(waiters);
         self.tell(if self.kill_at.is_some() { ToShim::Kill } else { ToShim::Release });
-        let mut t = table();
-        t.running -= 1;
-        t.ended.push_back(self.p.num);
-        while t.ended.len() > MAX_ENDED {
-            if let Some(old) = t.ended.pop_front() {
-                t.procs.remove(&old);
+        {
+            let mut t = table();
+            t.running -= 1;
+            t.ended.push_back(self.p.num);
+            while t.ended.len() > MAX_ENDED {
+                if let Some(old) = t.ended.pop_front() {
+                    t.procs.remove(&old);
+                }
             }
+        }
+        let mut st = self.p.lock();
+        st.end = Some((code, signal, now_ms()));
+        st.stdin_queued = 0;
+        for w in std::mem::take(&mut st.waiters) {
+            let f = match w.what {
+                Wait::Output { offsets, limit } => self.p.output_frame(w.reply.id(), &st, offsets, limit),
+                Wait::End | Wait::Grace => self.p.procs_frame(w.reply.id(), &st),
+            };
+            w.reply.send(f);
         }
     }
 
