@@ -200,7 +200,7 @@ impl Conn {
     fn call(&self, id: u32) -> Result<Reply, End> {
         let mut ids = self.ids();
         if ids.running.contains_key(&id) || !ids.finished.insert(id) {
-            return Err(End::Protocol(format!("duplicate command id {id}")));
+            return Err(End::Protocol(format!("duplicate id {id} (a command's or a call's)")));
         }
         Ok(Reply { id, out: self.out.clone(), gone: self.gone.clone() })
     }

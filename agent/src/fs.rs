@@ -79,10 +79,7 @@ impl<'a> Target<'a> {
         let p = self.show();
         match e.raw_os_error().unwrap_or(0) {
             libc::ENOENT => (RefusedKind::NotFound, self.blame().unwrap_or_else(|| format!("{p} does not exist"))),
-            libc::ENOTDIR => (
-                RefusedKind::WrongKind,
-                self.blame().unwrap_or_else(|| format!("{p}: a component of the path is not a directory")),
-            ),
+            libc::ENOTDIR => (RefusedKind::WrongKind, self.blame().unwrap_or_else(|| format!("{p}: not a directory"))),
             libc::EACCES | libc::EPERM => (RefusedKind::Denied, format!("{p}: permission denied")),
             libc::EROFS => (RefusedKind::Denied, format!("{p}: read-only file system")),
             libc::EISDIR => (RefusedKind::WrongKind, format!("{p} is a directory")),
@@ -238,7 +235,6 @@ fn write(path: &[u8], offset: u64, flags: u8, mode: u32, data: &[u8]) -> Result<
     match sys::fstatat(None, &t.c, true) {
         Ok(st) => t.regular(&st)?,
         Err(e) if errno(&e) == libc::ENOENT => {}
-        Err(e) if errno(&e) == libc::ENOTDIR => return Err(t.no_parent()),
         Err(e) => return Err(t.refusal(&e)),
     }
     let append = flags & write_flags::APPEND != 0;
@@ -257,7 +253,7 @@ fn write(path: &[u8], offset: u64, flags: u8, mode: u32, data: &[u8]) -> Result<
             make_parents(&t)?;
             open().map_err(|e| t.refusal(&e))?
         }
-        Err(e) if matches!(errno(&e), libc::ENOENT | libc::ENOTDIR) => return Err(t.no_parent()),
+        Err(e) if errno(&e) == libc::ENOENT => return Err(t.no_parent()),
         Err(e) => return Err(t.refusal(&e)),
     };
     let st = fstat(&t, &f)?;
@@ -417,7 +413,6 @@ fn mkdir(path: &[u8], parents: bool, mode: u32) -> Result<(), Refusal> {
             Ok(st) if st.is_dir() => return Ok(()),
             Ok(_) => return Err(exists()),
             Err(e) if errno(&e) == libc::ENOENT => make_parents(&t)?,
-            Err(e) if errno(&e) == libc::ENOTDIR => return Err(t.no_parent()),
             Err(e) => return Err(t.refusal(&e)),
         }
     }
@@ -431,7 +426,7 @@ fn mkdir(path: &[u8], parents: bool, mode: u32) -> Result<(), Refusal> {
                 _ => Err((RefusedKind::Exists, format!("{} already exists", t.show()))),
             };
         }
-        Err(e) if matches!(errno(&e), libc::ENOENT | libc::ENOTDIR) => return Err(t.no_parent()),
+        Err(e) if errno(&e) == libc::ENOENT => return Err(t.no_parent()),
         Err(e) => return Err(t.refusal(&e)),
     }
     if let Some(m) = mode {

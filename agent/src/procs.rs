@@ -41,9 +41,11 @@ use crate::sys;
 pub const MAX_RUNNING: usize = 64;
 /// Ended background processes kept, at most.
 pub const MAX_ENDED: usize = 64;
-/// The largest `keep` a spawn may ask for (bytes of each stream).
-pub const MAX_KEEP: u32 = 64 << 20;
-/// `ProcInfo.argv` is cut to about this many bytes.
+/// The largest `keep` a spawn may ask for (bytes of each stream): with the limits on
+/// processes, what all rings may ever hold is bounded (128 × 2 × 16 MiB at worst).
+pub const MAX_KEEP: u32 = 16 << 20;
+/// `ProcInfo.argv` is cut to about this many bytes as encoded (so that a `Procs` of every
+/// process kept stays far below `MAX_FRAME`).
 const ARGV_SHOWN: usize = 4096;
 /// Calls waiting on one process at once, at most.
 const MAX_WAITERS: usize = 256;
@@ -271,17 +273,18 @@ fn find(reply: &Reply, num: u32) -> Option<Arc<Proc>> {
     p
 }
 
-/// `argv` cut to about `ARGV_SHOWN` bytes, for display.
+/// `argv` cut to about `ARGV_SHOWN` bytes as encoded (each argument costs its length
+/// and 4), for display.
 fn shown(argv: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let mut left = ARGV_SHOWN;
     let mut out = Vec::new();
     for a in argv {
-        if left == 0 {
+        if left <= 4 {
             break;
         }
-        let take = a.len().min(left);
+        let take = a.len().min(left - 4);
         out.push(a[..take].to_vec());
-        left = left.saturating_sub(take + 1);
+        left -= take + 4;
     }
     out
 }
@@ -819,7 +822,9 @@ mod tests {
         let s = shown(&argv);
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].len(), 3000);
-        assert_eq!(s[1].len(), ARGV_SHOWN - 3001);
+        assert_eq!(s[1].len(), ARGV_SHOWN - 3004 - 4);
         assert_eq!(shown(&[b"ls".to_vec(), b"-l".to_vec()]), vec![b"ls".to_vec(), b"-l".to_vec()]);
+        // Many empty arguments are cut too: each costs its length prefix.
+        assert_eq!(shown(&vec![Vec::new(); 100_000]).len(), ARGV_SHOWN / 4 - 1);
     }
 }

@@ -173,6 +173,17 @@ fn refusals_say_what_is_wrong_with_which_path() {
         &[&show(&under_file), &format!("{} is not a directory", show(&file))],
     );
     expect(c.refused(read(&under_file, 0, 1)), RefusedKind::WrongKind, &[&show(&file), "is not a directory"]);
+    let slashed = format!("{}/", show(&file));
+    let (kind, msg) = c.refused(Frame::FsWrite {
+        id: call_id(),
+        path: slashed.clone().into_bytes(),
+        offset: 0,
+        flags: 0,
+        mode: NO_MODE,
+        data: vec![],
+    });
+    assert_eq!(kind, RefusedKind::WrongKind, "{msg}");
+    assert!(msg.contains(&slashed) && msg.contains("not a directory"), "{msg}");
     // Missing things.
     let missing = d.join("missing");
     expect(c.refused(read(&missing, 0, 1)), RefusedKind::NotFound, &[&show(&missing), "does not exist"]);

@@ -291,22 +291,23 @@ impl Client {
         self.proc_call(Frame::ProcWait { id: call_id(), proc, timeout_ms })
     }
 
-    /// Everything a background process wrote (as far as kept), from the offsets given,
-    /// once it ended.
+    /// Everything of a background process's output still kept, once it ended.
     pub fn proc_output_all(&mut self, proc: u32) -> (Vec<u8>, Vec<u8>) {
         let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut offsets = [0, 0];
         loop {
             let f = Frame::ProcOutput {
                 id: call_id(),
                 proc,
-                stdout_offset: out.len() as u64,
-                stderr_offset: err.len() as u64,
+                stdout_offset: offsets[0],
+                stderr_offset: offsets[1],
                 limit: berth_wire::MAX_DATA as u32,
                 wait_ms: 0,
             };
             match self.call(f) {
-                Frame::ProcData { info, stdout, stderr, .. } => {
+                Frame::ProcData { info, stdout, stderr, stdout_offset, stderr_offset, .. } => {
                     let empty = stdout.is_empty() && stderr.is_empty();
+                    offsets = [stdout_offset + stdout.len() as u64, stderr_offset + stderr.len() as u64];
                     out.extend(stdout);
                     err.extend(stderr);
                     if empty && !info.running {
