@@ -431,3 +431,37 @@ fn file_calls_interleave_with_a_running_command() {
     c.send(&Frame::FsStat { id, path: b(&f) });
     assert!(matches!(c.recv(), Frame::Error { .. }));
 }
+
+#[test]
+fn what_the_agents_user_may_not_do_is_denied() {
+    // As root (who may do anything), the agent runs as nobody for this test.
+    let root = unsafe { libc::geteuid() } == 0;
+    let agent = Agent::start_as(root.then_some(65534), &[]);
+    let mut c = agent.connect();
+    let probe = Path::new("/berth-agent-denied-probe");
+    let (kind, msg) = c.refused(write(probe, 0, 0, NO_MODE, b"x"));
+    assert_eq!((kind, msg.as_str()), (RefusedKind::Denied, "/berth-agent-denied-probe: permission denied"));
+    let (kind, _) = c.refused(Frame::FsMkdir { id: call_id(), path: b(probe), parents: true, mode: NO_MODE });
+    assert_eq!(kind, RefusedKind::Denied);
+    assert!(!probe.exists());
+    // A file of our own that the agent's user may read but not change.
+    let mine = agent.dir.path().join("mine");
+    fs::write(&mine, "ro").unwrap();
+    fs::set_permissions(&mine, fs::Permissions::from_mode(0o444)).unwrap();
+    if root {
+        assert_eq!(read_all(&mut c, &mine, 10), b"ro");
+        let (kind, msg) = c.refused(write(&mine, 0, 0, NO_MODE, b"x"));
+        assert_eq!(kind, RefusedKind::Denied, "{msg}");
+        // In a directory of root's (0755), nothing may be removed or made.
+        let locked = agent.dir.path().join("locked");
+        fs::create_dir(&locked).unwrap();
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(locked.join("f"), "").unwrap();
+        let (kind, msg) = c.refused(Frame::FsRemove { id: call_id(), path: b(&locked.join("f")), recursive: false });
+        assert_eq!(kind, RefusedKind::Denied, "{msg}");
+        assert!(msg.contains("locked/f"), "{msg}");
+        let (kind, _) = c.refused(Frame::FsRemove { id: call_id(), path: b(&locked), recursive: true });
+        assert_eq!(kind, RefusedKind::Denied);
+        assert!(locked.join("f").exists());
+    }
+}

@@ -56,9 +56,18 @@ impl Agent {
     }
 
     pub fn start_with(env: &[(&str, &str)]) -> Agent {
+        Agent::start_as(None, env)
+    }
+
+    /// An agent running as `uid` (and the same gid), when given (the test must be root).
+    pub fn start_as(uid: Option<u32>, env: &[(&str, &str)]) -> Agent {
         let dir = TempDir::new();
         let sock = dir.path().join("agent.sock");
-        let child = spawn_agent(&dir, &sock, env);
+        if uid.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let child = spawn_agent(&dir, &sock, env, uid);
         let agent = Agent { child, dir, sock };
         assert!(wait_until(Duration::from_secs(10), || agent.sock.exists()), "the agent never made its socket");
         agent
@@ -70,7 +79,7 @@ impl Agent {
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
         assert!(wait_until(Duration::from_secs(10), || self.child.try_wait().unwrap().is_some()));
         assert!(!self.sock.exists());
-        self.child = spawn_agent(&self.dir, &self.sock, &[]);
+        self.child = spawn_agent(&self.dir, &self.sock, &[], None);
         assert!(wait_until(Duration::from_secs(10), || self.sock.exists()), "the agent never made its socket");
     }
 
@@ -129,17 +138,21 @@ impl Drop for Agent {
     }
 }
 
-fn spawn_agent(dir: &TempDir, sock: &Path, env: &[(&str, &str)]) -> Child {
+fn spawn_agent(dir: &TempDir, sock: &Path, env: &[(&str, &str)], uid: Option<u32>) -> Child {
     let log = |name: &str| fs::OpenOptions::new().create(true).append(true).open(dir.path().join(name)).unwrap();
-    Command::new(agent_bin())
-        .arg("--socket")
+    let mut cmd = Command::new(agent_bin());
+    cmd.arg("--socket")
         .arg(sock)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log("agent.out"))
-        .stderr(log("agent.err"))
-        .spawn()
-        .unwrap()
+        .stderr(log("agent.err"));
+    if let Some(uid) = uid {
+        use std::os::unix::process::CommandExt;
+        // (std drops root's supplementary groups along with the uid.)
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.spawn().unwrap()
 }
 
 pub struct Client {
