@@ -1,6 +1,7 @@
 //! Thin, safe wrappers over the libc calls the agent and the shim need: pipes, sockets
 //! (and descriptors passed over them), poll, signals, `posix_spawn`, `waitpid`, the
-//! environment. Every `unsafe` block of the crate lives here (but the shim's adoption of
+//! environment, and for the file calls `fstatat`, `readlinkat` and directory listing.
+//! Every `unsafe` block of the crate lives here (but the shim's adoption of
 //! its descriptor 3); nothing here knows about commands or frames.
 //! Every descriptor created here is close-on-exec, so that one command's pipes never leak
 //! into another command's shim (the agent spawns shims from many threads at once).
