@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use common::*;
 use serde_json::{json, Value};
 
@@ -155,7 +156,10 @@ fn wait_times_out_and_input_reaches_stdin() {
     let w = d.ok("process.wait", json!({"name": name, "id": id}));
     assert_eq!((w["running"].clone(), w["exit_code"].clone()), (json!(false), json!(0)), "{w}");
     let o = d.ok("process.output", json!({"name": name, "id": id}));
-    assert_eq!(o["stdout"], "got hello\n\u{0}\u{1}\u{2}", "{o}");
+    // Control bytes make the text travel as base64.
+    assert_eq!(o["stdout_encoding"], "base64", "{o}");
+    let out = base64::engine::general_purpose::STANDARD.decode(o["stdout"].as_str().unwrap()).unwrap();
+    assert_eq!(out, b"got hello\n\x00\x01\x02", "{o}");
     // Its stdin is closed now.
     let r = d.rpc("process.input", json!({"name": name, "id": id, "data": "late"}));
     assert_eq!(r["error"]["data"]["kind"], "invalid_params", "{r}");

@@ -446,6 +446,8 @@ impl Service {
 
 /// How long one call to a project's agent may take (besides any wait it asks for).
 const AGENT_CALL: Duration = Duration::from_secs(60);
+/// The most output the agent keeps per stream of a background process.
+const PROCESS_KEEP_MAX: u64 = 16 << 20;
 /// How long one `process.output` follow or `process.wait` round waits at the agent.
 const WAIT_ROUND: Duration = Duration::from_secs(30);
 
@@ -505,7 +507,7 @@ impl Service {
                 argv,
                 workdir: workdir.map(|w| w.as_str().to_string()).unwrap_or_else(|| WORKSPACE_IN_CONTAINER.into()),
                 stdin,
-                keep: self.ctx.config.exec.max_output.0.min(u64::from(u32::MAX)) as u32,
+                keep: self.ctx.config.exec.max_output.0.min(PROCESS_KEEP_MAX) as u32,
             };
             let info = agent.spawn(spec, AGENT_CALL).await?;
             return Ok(protocol::process_json(&name, &info));
