@@ -90,3 +90,16 @@ def test_a_raising_callback_ends_the_call_and_the_client_goes_on(client: berth.C
     else:
         raise AssertionError("the callback's exception should end the call")
     assert client.exec(project, "echo after").stdout == b"after\n"
+
+
+def test_a_callback_may_not_call_its_own_client(client: berth.Client, project: str) -> None:
+    errors: List[BaseException] = []
+
+    def on_output(stream: str, data: bytes) -> None:
+        try:
+            client.info()
+        except RuntimeError as e:
+            errors.append(e)
+
+    r = client.exec(project, "echo hi", on_output=on_output)
+    assert r.stdout == b"hi\n" and len(errors) == 1 and "another Client" in str(errors[0])

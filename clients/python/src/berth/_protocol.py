@@ -168,9 +168,9 @@ class Connection:
     def pending_ids(self) -> List[int]:
         return list(self._pending)
 
-    def lost(self, make_error: Callable[[], BerthError]) -> List[Done]:
+    def lost(self, make_error: Callable[[], BerthError]) -> List[Event]:
         """The connection is gone: every call in flight fails with a fresh error."""
-        done = [Done(id, error=make_error()) for id in self._pending]
+        done: List[Event] = [Done(id, error=make_error()) for id in self._pending]
         self._pending.clear()
         return done
 
@@ -231,7 +231,9 @@ class Connection:
         if not isinstance(params, dict):
             return []
         id = params.get("id")
-        pending = self._pending.get(id) if isinstance(id, int) else None
+        if not isinstance(id, int):
+            return []
+        pending = self._pending.get(id)
         if pending is None:
             return []
         stream = params.get("stream")

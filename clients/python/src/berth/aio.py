@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, TypeVar, Union
 
 from . import _ops as ops
 from ._ops import Command, Data, Duration, Limits
@@ -23,6 +23,8 @@ from .types import (
     ProjectStatus,
     WriteResult,
 )
+
+T = TypeVar("T")
 
 __all__ = ["AsyncClient"]
 
@@ -188,7 +190,7 @@ class AsyncClient:
             c.limits = await self._run(ops.limits_call())
         return c.limits
 
-    async def _drive(self, op: "ops.Op[Any]") -> Any:
+    async def _drive(self, op: "ops.Op[T]") -> T:
         try:
             step = next(op)
             while True:
@@ -198,13 +200,13 @@ class AsyncClient:
                         if isinstance(r, BaseException):
                             raise r
                     value: Any = results
-                elif step is ops.NEED_LIMITS:
-                    value = await self._limits()
-                else:
+                elif isinstance(step, Call):
                     value = await self._run(step)
+                else:  # NEED_LIMITS
+                    value = await self._limits()
                 step = op.send(value)
         except StopIteration as stop:
-            return stop.value
+            return stop.value  # type: ignore[no-any-return]
         finally:
             op.close()
 

@@ -6,7 +6,7 @@ import os
 import select
 import socket as _socket
 import threading
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
 
 from . import _ops as ops
 from ._ops import Command, Data, Duration, Limits
@@ -24,6 +24,8 @@ from .types import (
     ProjectStatus,
     WriteResult,
 )
+
+T = TypeVar("T")
 
 __all__ = ["Client"]
 
@@ -76,7 +78,8 @@ class Client:
         self._sock: Optional[_socket.socket] = None
         self._conn: Optional[Connection] = None
         self._limits: Optional[Limits] = None
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None
 
     # --- connection ----------------------------------------------------------------
 
@@ -92,6 +95,9 @@ class Client:
     def close(self) -> None:
         """Closes the connection (the next call opens a new one). Closing a connection
         stops the execs it is running."""
+        if self._owner == threading.get_ident():
+            self._reset()  # from a callback: the call in progress fails
+            return
         with self._lock:
             self._reset()
 
@@ -182,23 +188,31 @@ class Client:
             if not data:
                 return Done(id, error=lost_error(self.socket, cause))
 
-    def _drive(self, op: "ops.Op[Any]") -> Any:
+    def _drive(self, op: "ops.Op[T]") -> T:
+        if self._owner == threading.get_ident():
+            op.close()
+            raise RuntimeError(
+                "a berth.Client call was made from inside a callback of a call on the same client; "
+                "use another Client (or AsyncClient, whose callbacks may make calls)"
+            )
         with self._lock:
+            self._owner = threading.get_ident()
             try:
                 step = next(op)
                 while True:
                     if isinstance(step, list):
                         value: Any = [self._run(c) for c in step]
-                    elif step is ops.NEED_LIMITS:
+                    elif isinstance(step, Call):
+                        value = self._run(step)
+                    else:  # NEED_LIMITS
                         if self._limits is None:
                             self._limits = self._run(ops.limits_call())
                         value = self._limits
-                    else:
-                        value = self._run(step)
                     step = op.send(value)
             except StopIteration as stop:
-                return stop.value
+                return stop.value  # type: ignore[no-any-return]
             finally:
+                self._owner = None
                 op.close()
 
     def call(self, method: str, params: Optional[Dict[str, Any]] = None) -> Any:
