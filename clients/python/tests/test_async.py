@@ -104,3 +104,12 @@ def test_async_reconnects_after_the_daemon_closed_the_connection(daemon: Daemon)
             assert (await c.info()).version == info.version
 
     asyncio.run(main())
+
+
+def test_more_calls_than_the_daemon_takes_in_flight_wait_their_turn(daemon: Daemon, project: str) -> None:
+    async def main() -> None:
+        async with berth.AsyncClient(daemon.socket) as c:
+            results = await asyncio.gather(*(c.exec(project, ["echo", str(i)]) for i in range(150)))
+            assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(150)]
+
+    asyncio.run(main())

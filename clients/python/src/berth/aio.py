@@ -63,14 +63,22 @@ class AsyncClient:
     the calling task, in order. If a callback raises, or the calling task is cancelled,
     the call ends there, but the daemon finishes the command (the connection is shared
     with other calls, so it stays open).
+
+    ``max_in_flight`` bounds the calls on the connection at once (berthd serves at least
+    64 per connection and answers ``busy`` beyond its limit); further calls wait their
+    turn in the client.
     """
 
-    def __init__(self, socket: Optional[SocketPath] = None) -> None:
+    def __init__(self, socket: Optional[SocketPath] = None, *, max_in_flight: int = 64) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         #: The socket path this client connects to (resolved as :class:`~berth.Client` does).
         self.socket: str = ops.resolve_socket(socket)
+        self.max_in_flight = max_in_flight
         self._conn: Optional[_Conn] = None
         self._connect_lock: Optional[asyncio.Lock] = None
         self._lock_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._slots: Optional[asyncio.Semaphore] = None
 
     # --- connection ----------------------------------------------------------------
 
@@ -107,8 +115,8 @@ class AsyncClient:
         c = self._conn
         if c is not None and not c.closed and c.loop is loop:
             return c
-        if self._connect_lock is None or self._lock_loop is not loop:
-            self._connect_lock, self._lock_loop = asyncio.Lock(), loop
+        self._for_loop(loop)
+        assert self._connect_lock is not None
         async with self._connect_lock:
             c = self._conn
             if c is not None and not c.closed and c.loop is loop:
@@ -123,6 +131,13 @@ class AsyncClient:
             c.task = loop.create_task(self._read(c))
             self._conn = c
             return c
+
+    def _for_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Makes the client's lock and semaphore for the running loop (asyncio's
+        primitives belong to one loop)."""
+        if self._connect_lock is None or self._slots is None or self._lock_loop is not loop:
+            self._connect_lock, self._slots = asyncio.Lock(), asyncio.Semaphore(self.max_in_flight)
+            self._lock_loop = loop
 
     async def _read(self, c: _Conn) -> None:
         """Reads the connection until it ends, handing each event to its call."""
@@ -153,7 +168,12 @@ class AsyncClient:
     # --- calls ---------------------------------------------------------------------
 
     async def _run(self, call: Call) -> Any:
-        c = await self._ready()
+        self._for_loop(asyncio.get_running_loop())
+        assert self._slots is not None
+        async with self._slots:
+            return await self._run_on(await self._ready(), call)
+
+    async def _run_on(self, c: _Conn, call: Call) -> Any:
         # No await between the check in _ready and here: a connection that dies from
         # now on fails this call through the reader's `lost`.
         id, line = c.proto.send(call)
