@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -51,6 +52,21 @@ def test_create_get_list_status_stop_start_delete(client: berth.Client, name: st
     with pytest.raises(berth.NotFound):
         client.get(name)
     assert name not in [q.name for q in client.list()]
+
+
+def test_create_with_ports_and_limits(client: berth.Client, name: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = client.create(name, ports={8080: port}, memory="256m", pids_limit=100, cpus=0.5, profile="strict")
+    try:
+        assert p.ports == {"8080/tcp": str(port)}
+        assert p.limits == {"cpus": 0.5, "memory": 256 << 20, "offline": False, "pids_limit": 100, "profile": "strict"}
+    finally:
+        client.delete(name, purge=True)
+    with pytest.raises(berth.InvalidParams) as e:
+        client.create(name, network="nope")
+    assert "nope" in e.value.message
 
 
 def test_delete_archives_the_workspace_by_default(client: berth.Client, name: str) -> None:

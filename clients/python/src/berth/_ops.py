@@ -137,10 +137,14 @@ def to_bytes(data: Data) -> bytes:
     raise TypeError(f"data must be bytes or str, not {type(data).__name__}")
 
 
-def _str_map(m: Optional[Mapping[Any, Any]], what: str) -> Optional[Dict[str, str]]:
-    if m is None:
-        return None
-    return {str(k): str(v) for k, v in m.items()}
+def _env(env: Optional[Mapping[str, str]]) -> Optional[Dict[str, str]]:
+    """The env as given (the daemon names any value that is not a string)."""
+    return None if env is None else dict(env)
+
+
+def _ports(ports: Optional[Mapping[Any, Any]]) -> Optional[Dict[str, str]]:
+    """Ports as strings: ``{8080: 18080}`` is ``{"8080": "18080"}``."""
+    return None if ports is None else {str(k): str(v) for k, v in ports.items()}
 
 
 def _put(params: Dict[str, Any], **kv: Any) -> Dict[str, Any]:
@@ -340,8 +344,8 @@ def create(
         {"name": name},
         image=image,
         description=description,
-        env=_str_map(env, "env"),
-        ports=_str_map(ports, "ports"),
+        env=_env(env),
+        ports=_ports(ports),
         profile=profile,
         network=network,
         memory=str(memory) if memory is not None else None,
@@ -398,7 +402,7 @@ def exec_(
     params = _put(
         {"name": name, "command": command_argv(command)},
         workdir=workdir,
-        env=_str_map(env, "env"),
+        env=_env(env),
         timeout=duration(timeout) if timeout is not None else None,
         tool=tool,
     )
@@ -539,7 +543,7 @@ def mkdir(name: str, path: str, parents: bool, mode: Optional[Union[str, int]]) 
 def spawn(
     name: str, command: Command, *, workdir: Optional[str], env: Optional[Mapping[str, str]], stdin: bool
 ) -> Op[Process]:
-    params = _put({"name": name, "command": command_argv(command)}, workdir=workdir, env=_str_map(env, "env"))
+    params = _put({"name": name, "command": command_argv(command)}, workdir=workdir, env=_env(env))
     if stdin:
         params["stdin"] = True
     return (yield _call("process.spawn", params, parse_process))
