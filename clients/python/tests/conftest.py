@@ -17,12 +17,13 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import pytest
 
@@ -166,12 +167,20 @@ def daemon() -> Iterator[Daemon]:
     if not os.access(binary, os.X_OK):
         pytest.fail(f"no berthd at {binary}: build it with `cargo build --bin berthd` or set BERTHD_BIN")
     _ensure_image()
+    # A SIGTERM (a CI timeout, `timeout`) becomes an interrupt, so that pytest still
+    # tears down: the daemon stops and this session's containers go.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
     d = Daemon(binary)
     try:
         d.start()
         yield d
     finally:
         d.stop()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture
@@ -187,11 +196,13 @@ def name(daemon: Daemon, request: pytest.FixtureRequest) -> str:
 
 
 def _cleanup(socket_path: str, names: List[str]) -> None:
+    """Deletes the projects; a daemon already gone (an interrupted session) left their
+    containers to the session's label sweep."""
     with berth.Client(socket_path) as c:
         for n in names:
             try:
                 c.delete(n, purge=True)
-            except berth.NotFound:
+            except (berth.NotFound, berth.BerthConnectionError):
                 pass
 
 

@@ -13,15 +13,16 @@ def test_spawn_follow_and_kill(client: berth.Client, project: str, daemon: Daemo
     assert isinstance(p, berth.Process) and p.running and p.project == project
     assert p.id in [q.id for q in client.processes(project)]
 
-    # Follow the output; once "ready" came, kill the process from a second client. The
-    # follow ends only when the process does.
+    # Follow the output; once both lines came, kill the process from a second client.
+    # The follow ends only when the process does.
     seen: List[Tuple[str, bytes]] = []
     killed: List[berth.Process] = []
     with berth.Client(daemon.socket) as helper:
 
         def on_output(stream: str, data: bytes) -> None:
             seen.append((stream, data))
-            if b"ready" in data:
+            got = {s: b"".join(d for t, d in seen if t == s) for s in ("stdout", "stderr")}
+            if got == {"stdout": b"ready\n", "stderr": b"warn\n"}:
                 killed.append(helper.kill(project, p.id, "TERM", grace=5))
 
         out = client.process_output(project, p.id, follow=True, on_output=on_output)
