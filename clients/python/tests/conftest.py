@@ -185,7 +185,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 @pytest.fixture
 def client(daemon: Daemon) -> Iterator[berth.Client]:
-    with berth.Client(daemon.socket) as c:
+    # A bound on silence, so that a wedged daemon fails a test instead of hanging it.
+    with berth.Client(daemon.socket, timeout=120) as c:
         yield c
 
 

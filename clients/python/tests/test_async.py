@@ -113,3 +113,16 @@ def test_more_calls_than_the_daemon_takes_in_flight_wait_their_turn(daemon: Daem
             assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(150)]
 
     asyncio.run(main())
+
+
+def test_async_client_timeout_leaves_the_connection_to_the_other_calls(daemon: Daemon, project: str) -> None:
+    async def main() -> None:
+        async with berth.AsyncClient(daemon.socket, timeout=0.3) as c:
+            slow, fast = await asyncio.gather(
+                c.exec(project, ["sleep", "30"]), c.exec(project, "echo quick"), return_exceptions=True
+            )
+            assert isinstance(slow, berth.Timeout) and slow.kind == "timeout"
+            assert isinstance(fast, berth.ExecResult) and fast.stdout == b"quick\n"
+            assert (await c.exec(project, "echo after")).stdout == b"after\n"
+
+    asyncio.run(main())

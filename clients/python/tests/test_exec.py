@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
+import pytest
+
 import berth
 from conftest import Daemon
 
@@ -103,3 +105,11 @@ def test_a_callback_may_not_call_its_own_client(client: berth.Client, project: s
 
     r = client.exec(project, "echo hi", on_output=on_output)
     assert r.stdout == b"hi\n" and len(errors) == 1 and "another Client" in str(errors[0])
+
+
+def test_client_timeout_bounds_the_wait_for_the_daemon(daemon: Daemon, project: str) -> None:
+    with berth.Client(daemon.socket, timeout=0.3) as c:
+        with pytest.raises(berth.Timeout) as e:
+            c.exec(project, ["sleep", "30"])
+        assert e.value.kind == "timeout" and "0.3" in e.value.message
+        assert c.exec(project, "echo still here").stdout == b"still here\n"

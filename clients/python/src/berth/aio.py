@@ -11,6 +11,7 @@ from . import _ops as ops
 from ._ops import Command, Data, Duration, Limits
 from ._protocol import Call, Connection, Done, Event, Output, OutputCallback
 from .client import Client, connect_error, lost_error
+from .errors import BerthConnectionError, Timeout
 from .types import (
     DaemonInfo,
     ExecResult,
@@ -67,14 +68,22 @@ class AsyncClient:
     ``max_in_flight`` bounds the calls on the connection at once (berthd serves at least
     64 per connection and answers ``busy`` beyond its limit); further calls wait their
     turn in the client.
+
+    ``timeout`` (seconds; default none) bounds how long a call waits for the daemon to
+    send it anything; past it the call raises :class:`~berth.Timeout` (the connection
+    stays open for the other calls). ``asyncio.wait_for`` bounds a call as a whole.
     """
 
-    def __init__(self, socket: Optional[SocketPath] = None, *, max_in_flight: int = 64) -> None:
+    def __init__(
+        self, socket: Optional[SocketPath] = None, *, timeout: Optional[float] = None, max_in_flight: int = 64
+    ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         #: The socket path this client connects to (resolved as :class:`~berth.Client` does).
         self.socket: str = ops.resolve_socket(socket)
         self.max_in_flight = max_in_flight
+        #: Seconds a call waits for the daemon to send it anything (``None``: no limit).
+        self.timeout: Optional[float] = timeout
         self._conn: Optional[_Conn] = None
         self._connect_lock: Optional[asyncio.Lock] = None
         self._lock_loop: Optional[asyncio.AbstractEventLoop] = None
@@ -124,7 +133,12 @@ class AsyncClient:
             if c is not None and c.loop is loop:
                 c.writer.close()
             try:
-                reader, writer = await asyncio.open_unix_connection(self.socket)
+                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.socket), self.timeout)
+            except asyncio.TimeoutError as e:
+                raise BerthConnectionError(
+                    f"cannot connect to berthd at {self.socket}: no answer within {self.timeout} s",
+                    socket=self.socket,
+                ) from e
             except OSError as e:
                 raise connect_error(self.socket, e) from e
             c = _Conn(reader, writer)
@@ -189,7 +203,13 @@ class AsyncClient:
                 # the daemon's own error if it answered first, such as too_large).
                 pass
             while True:
-                ev = await q.get()
+                try:
+                    ev = await asyncio.wait_for(q.get(), self.timeout)
+                except asyncio.TimeoutError:
+                    raise Timeout(
+                        f"berthd at {self.socket} sent nothing for {self.timeout} s (the client's timeout)",
+                        kind="timeout",
+                    ) from None
                 if isinstance(ev, Output):
                     if call.on_output is not None:
                         r = call.on_output(ev.stream, ev.data)

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
 from . import _ops as ops
 from ._ops import Command, Data, Duration, Limits
 from ._protocol import Call, Connection, Done, Output, OutputCallback
-from .errors import BerthConnectionError
+from .errors import BerthConnectionError, Timeout
 from .types import (
     DaemonInfo,
     ExecResult,
@@ -70,11 +70,18 @@ class Client:
 
     Errors the daemon answers raise a :class:`~berth.BerthError` subclass; a daemon
     that cannot be reached raises :class:`~berth.BerthConnectionError`.
+
+    ``timeout`` (seconds; default none) bounds how long a call waits for the daemon to
+    send anything — a reply or streamed output. Past it the call raises
+    :class:`~berth.Timeout` and the connection is closed (which stops its exec). Leave it
+    unset for calls that may rightly be silent for long (``wait``, a ``follow``).
     """
 
-    def __init__(self, socket: Optional[SocketPath] = None) -> None:
+    def __init__(self, socket: Optional[SocketPath] = None, *, timeout: Optional[float] = None) -> None:
         #: The socket path this client connects to.
         self.socket: str = ops.resolve_socket(socket)
+        #: Seconds a call waits for the daemon to send anything (``None``: no limit).
+        self.timeout: Optional[float] = timeout
         self._sock: Optional[_socket.socket] = None
         self._conn: Optional[Connection] = None
         self._limits: Optional[Limits] = None
@@ -112,7 +119,13 @@ class Client:
     def _connect(self) -> None:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
+            sock.settimeout(self.timeout)
             sock.connect(self.socket)
+        except _socket.timeout as e:
+            sock.close()
+            raise BerthConnectionError(
+                f"cannot connect to berthd at {self.socket}: no answer within {self.timeout} s", socket=self.socket
+            ) from e
         except OSError as e:
             sock.close()
             raise connect_error(self.socket, e) from e
@@ -163,12 +176,16 @@ class Client:
         cause: Optional[BaseException] = None
         try:
             sock.sendall(line)
+        except _socket.timeout:
+            raise self._timed_out() from None
         except OSError as e:
             # Read on: the daemon may have answered (a line too long) before closing.
             cause = e
         while True:
             try:
                 data = sock.recv(_RECV)
+            except _socket.timeout:
+                raise self._timed_out() from None
             except OSError as e:
                 cause, data = e, b""
             if data:
@@ -187,6 +204,13 @@ class Client:
                 return ev
             if not data:
                 return Done(id, error=lost_error(self.socket, cause))
+
+    def _timed_out(self) -> Timeout:
+        return Timeout(
+            f"berthd at {self.socket} sent nothing for {self.timeout} s (the client's timeout); "
+            "the connection is closed",
+            kind="timeout",
+        )
 
     def _drive(self, op: "ops.Op[T]") -> T:
         if self._owner == threading.get_ident():
