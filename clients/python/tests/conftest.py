@@ -78,7 +78,7 @@ def remove_containers(prefix: str) -> None:
 class Daemon:
     """One berthd on a temp socket, config and state dir."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, extra_config: str = "") -> None:
         self.binary = binary
         self.dir = Path(tempfile.mkdtemp(prefix="berth-py-"))
         # Traversable, not listable, like /var/lib (as the Rust harness does).
@@ -86,7 +86,7 @@ class Daemon:
         self.socket = str(self.dir / "run" / "berth.sock")
         self.state = self.dir / "state"
         self.config = self.dir / "berth.toml"
-        self.config.write_text(CONFIG)
+        self.config.write_text(CONFIG + extra_config)
         self.log = self.dir / "berthd.log"
         #: Every project name of this session starts with it (and so do the labels).
         self.prefix = "py" + secrets.token_hex(4)
@@ -157,8 +157,9 @@ class Daemon:
         return f"{self.prefix}-{self._names}-{slug}"[:63].rstrip("-._")
 
 
-@pytest.fixture(scope="session")
-def daemon() -> Iterator[Daemon]:
+def berthd_binary() -> str:
+    """berthd as the tests find it, having checked that an engine answers (else the test
+    is skipped, or failed with REQUIRE_DOCKER=1) and that the test image is there."""
     if not _docker_answers():
         if os.environ.get("REQUIRE_DOCKER") == "1":
             pytest.fail("REQUIRE_DOCKER=1 but no Docker engine answers")
@@ -167,6 +168,12 @@ def daemon() -> Iterator[Daemon]:
     if not os.access(binary, os.X_OK):
         pytest.fail(f"no berthd at {binary}: build it with `cargo build --bin berthd` or set BERTHD_BIN")
     _ensure_image()
+    return binary
+
+
+@pytest.fixture(scope="session")
+def daemon() -> Iterator[Daemon]:
+    binary = berthd_binary()
     # A SIGTERM (a CI timeout, `timeout`) becomes an interrupt, so that pytest still
     # tears down: the daemon stops and this session's containers go.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -217,3 +224,14 @@ def project(daemon: Daemon, request: pytest.FixtureRequest) -> Iterator[str]:
         yield n
     finally:
         _cleanup(daemon.socket, [n])
+
+
+@pytest.fixture
+def idle_daemon(daemon: Daemon) -> Iterator[Daemon]:
+    """A second berthd that closes connections after 1 s with nothing in flight."""
+    d = Daemon(daemon.binary, '\n[server]\nidle_timeout = "1s"\n')
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import select
 import socket
 
 import pytest
@@ -124,3 +126,27 @@ def test_many_calls_on_one_connection(client: berth.Client) -> None:
     for _ in range(50):
         client.info()
     assert client._sock is sock
+
+
+def test_a_connection_the_daemon_closed_when_idle_is_opened_again(idle_daemon: Daemon) -> None:
+    with berth.Client(idle_daemon.socket, timeout=60) as c:
+        c.info()
+        sock = c._sock
+        assert sock is not None
+        # Wait for the daemon's close itself: the socket turns readable at end of file.
+        readable, _, _ = select.select([sock], [], [], 30)
+        assert readable and sock.recv(1, socket.MSG_PEEK) == b""
+        assert c.info().version
+        assert c._sock is not sock
+
+    async def main() -> None:
+        async with berth.AsyncClient(idle_daemon.socket, timeout=60) as a:
+            await a.info()
+            conn = a._conn
+            assert conn is not None and conn.task is not None
+            await asyncio.wait_for(asyncio.shield(conn.task), 30)  # the reader saw the close
+            assert conn.closed
+            assert (await a.info()).version
+            assert a._conn is not conn
+
+    asyncio.run(main())

@@ -150,6 +150,7 @@ class Client:
         if self._sock is None:
             self._connect()
         assert self._sock is not None and self._conn is not None
+        self._sock.settimeout(self.timeout)  # as it is now, should it have changed
         return self._sock, self._conn
 
     # --- calls ---------------------------------------------------------------------
