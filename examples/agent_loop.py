@@ -2,6 +2,7 @@
 """A minimal agent loop driving one berth project: make it, write code, run steps, read
 results, clean up. Needs a running berthd (socket from $BERTH_SOCKET or the default) and
 `pip install ./clients/python`. Usage: python3 examples/agent_loop.py [PROJECT]"""
+
 import sys
 
 import berth
@@ -13,7 +14,6 @@ plan = [
     ("run the script", "sh hello.sh World"),
     ("count its lines", "wc -l < hello.sh"),
 ]
-
 
 
 def show(stream: str, data: bytes) -> None:  # live output, as the command prints it

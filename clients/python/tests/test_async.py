@@ -53,7 +53,9 @@ def test_concurrent_execs_share_one_connection(daemon: Daemon, project: str) -> 
 
             results = await asyncio.gather(
                 *(
-                    c.exec(project, f"for n in 1 2 3; do echo call{i}-$n; done; echo err{i} >&2", on_output=collector(i))
+                    c.exec(
+                        project, f"for n in 1 2 3; do echo call{i}-$n; done; echo err{i} >&2", on_output=collector(i)
+                    )
                     for i in range(8)
                 ),
                 c.get(daemon.name("absent")),

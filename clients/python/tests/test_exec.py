@@ -14,7 +14,13 @@ def test_exit_codes(client: berth.Client, project: str) -> None:
     assert client.exec(project, ["true"]).exit_code == 0
     r = client.exec(project, "echo out; echo err >&2; exit 3")
     assert (r.exit_code, r.stdout, r.stderr, r.ok) == (3, b"out\n", b"err\n", False)
-    assert (r.stdout_text, r.stderr_text, r.runtime, r.timed_out, r.truncated) == ("out\n", "err\n", "docker", False, False)
+    assert (r.stdout_text, r.stderr_text, r.runtime, r.timed_out, r.truncated) == (
+        "out\n",
+        "err\n",
+        "docker",
+        False,
+        False,
+    )
     assert isinstance(r.duration_ms, int) and r.path in ("agent", "exec")
     r = client.exec(project, ["no-such-command"])
     assert r.exit_code == 127 and r.exec_error
@@ -52,9 +58,7 @@ def test_timeout_is_a_result(client: berth.Client, project: str) -> None:
     assert r.timed_out and r.exit_code == 124
 
 
-def test_streaming_delivers_output_before_the_command_ends(
-    client: berth.Client, project: str, daemon: Daemon
-) -> None:
+def test_streaming_delivers_output_before_the_command_ends(client: berth.Client, project: str, daemon: Daemon) -> None:
     # The command prints "ready", then blocks on a FIFO until something writes to it.
     # Only the callback writes to it (with a second client), when it has seen "ready":
     # the command can only end if the callback ran while it was running.

@@ -169,7 +169,7 @@ def test_large_writes_go_in_pieces_under_max_line(max_line: int, kind: str) -> N
     data = {
         "binary": os.urandom(size),
         "text": ("añ€😀" * size)[:size].encode()[:size],
-        "escapes": b"\x00\n\"" * (size // 3),
+        "escapes": b'\x00\n"' * (size // 3),
     }[kind]
     file = bytearray()
 

@@ -512,7 +512,9 @@ def write_file(
 
 
 def list_files(name: str, path: str) -> Op[List[FileEntry]]:
-    return (yield _call("fs.list", {"name": name, "path": path}, lambda r: [parse_entry(e) for e in _list(r, "fs.list")]))
+    return (
+        yield _call("fs.list", {"name": name, "path": path}, lambda r: [parse_entry(e) for e in _list(r, "fs.list")])
+    )
 
 
 def stat(name: str, path: str) -> Op[FileEntry]:
@@ -550,9 +552,7 @@ def spawn(
 
 
 def processes(name: str) -> Op[List[Process]]:
-    return (
-        yield _call("process.list", {"name": name}, lambda r: [parse_process(p) for p in _list(r, "process.list")])
-    )
+    return (yield _call("process.list", {"name": name}, lambda r: [parse_process(p) for p in _list(r, "process.list")]))
 
 
 def process_output(
@@ -585,7 +585,9 @@ def wait(name: str, id: int, timeout: Optional[Duration]) -> Op[Process]:
 
 
 def kill(name: str, id: int, signal: Union[str, int], grace: Optional[Duration]) -> Op[Process]:
-    params = _put({"name": name, "id": id, "signal": signal}, grace=duration(grace, "grace") if grace is not None else None)
+    params = _put(
+        {"name": name, "id": id, "signal": signal}, grace=duration(grace, "grace") if grace is not None else None
+    )
     return (yield _call("process.kill", params, parse_process))
 
 

@@ -458,7 +458,9 @@ class AsyncClient:
     async def wait(self, name: str, id: int, timeout: Optional[Duration] = None) -> Process:
         return await self._drive(ops.wait(name, id, timeout))
 
-    async def kill(self, name: str, id: int, signal: Union[str, int] = "TERM", grace: Optional[Duration] = None) -> Process:
+    async def kill(
+        self, name: str, id: int, signal: Union[str, int] = "TERM", grace: Optional[Duration] = None
+    ) -> Process:
         return await self._drive(ops.kill(name, id, signal, grace))
 
     async def send_input(self, name: str, id: int, data: Optional[Data] = None, close: bool = False) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import socket as _socket
@@ -193,8 +194,7 @@ class Client:
                 events = conn.receive(data)
             else:
                 conn.broken = True
-                err_cause = cause
-                events = list(conn.lost(lambda: lost_error(self.socket, err_cause)))
+                events = conn.lost(functools.partial(lost_error, self.socket, cause))
             for ev in events:
                 if ev.id != id:
                     continue
@@ -520,4 +520,3 @@ class Client:
 def _method_names() -> List[str]:
     """The public methods a client has (AsyncClient mirrors them)."""
     return sorted(n for n, v in vars(Client).items() if callable(v) and not n.startswith("_"))
-
