@@ -279,9 +279,8 @@ impl Reservation {
     /// this reservation belongs to no budget).
     pub fn grow(&mut self, n: usize) -> bool {
         let Some(b) = &self.budget else { return false };
-        let ok = b.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-            (used + n <= b.max).then_some(used + n)
-        });
+        let ok =
+            b.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| (used + n <= b.max).then_some(used + n));
         if ok.is_ok() {
             self.n += n;
         }

@@ -120,7 +120,9 @@ impl DockerRuntime {
     /// The connection to the project's agent, when its container runs one that answers
     /// as its PID 1.
     async fn agent_for(&self, project: &ProjectName) -> Result<Arc<AgentConn>, AgentError> {
-        let Some(agents) = &self.agents else { return Err(AgentError::Absent("berthd runs with [exec] agent = false".into())) };
+        let Some(agents) = &self.agents else {
+            return Err(AgentError::Absent("berthd runs with [exec] agent = false".into()));
+        };
         if let Some(c) = agents.cached(project) {
             return Ok(c);
         }
