@@ -713,7 +713,9 @@ impl Actor for ProjectActor {
                 let _ = reply.send(res);
             }
             ProjectMsg::StopIfIdle { cutoff, reply } => {
-                let idle = st.quiet_since(cutoff) && st.project.as_ref().is_some_and(|p| p.status == Status::Running);
+                let idle = st.quiet_since(cutoff)
+                    && st.project.as_ref().is_some_and(|p| p.status == Status::Running)
+                    && !st.has_running_processes().await;
                 let res = if idle { st.stop().await.map(|_| true) } else { Ok(false) };
                 let _ = reply.send(res);
             }
@@ -732,6 +734,25 @@ impl Actor for ProjectActor {
         Ok(())
     }
 }
+
+impl ProjectState {
+    /// Whether the container's agent holds a running background process (a dev server
+    /// left running is activity: idle-stop leaves the project alone). An agent that does
+    /// not answer within a moment has none to speak of.
+    async fn has_running_processes(&self) -> bool {
+        let check = async {
+            let agent = self.ctx.runtimes.docker.agent(&self.name).await.ok()?;
+            agent.proc_list(PROCESS_CHECK).await.ok()
+        };
+        match tokio::time::timeout(PROCESS_CHECK, check).await {
+            Ok(Some(procs)) => procs.iter().any(|p| p.running),
+            _ => false,
+        }
+    }
+}
+
+/// How long idle-stop asks the agent about background processes.
+const PROCESS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Clears the busy flag when a handler ends, however it ends (a panic included).
 struct Idle(Arc<AtomicBool>);

@@ -6,14 +6,14 @@
 //! connection's task, so it never blocks an actor.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{self, ExecRequest, Outgoing, Request, Utf8Carry};
+use super::protocol::{self, ExecRequest, Outgoing, ProcessOp, Request, Utf8Carry};
 use crate::actors::janitor::JanitorMsg;
 use crate::actors::project::{ExecAsk, ExecLease, ProjectMsg};
 use crate::actors::registry::RegistryMsg;
@@ -21,7 +21,9 @@ use crate::actors::supervisor::SupervisorMsg;
 use crate::actors::{ask, Ctx};
 use crate::error::{Error, ErrorKind};
 use crate::model::{Activity, CreateSpec, Project, ProjectName, Status};
-use crate::runtime::{Capture, Chunk, ExecSpec, Reservation, RuntimeError, RuntimeKind};
+use crate::files::{FsCall, FsReply, WORKSPACE_IN_CONTAINER};
+use crate::runtime::agent::{AgentConn, SpawnSpec};
+use crate::runtime::{Capture, Chunk, ExecSpec, Reservation, RuntimeError, RuntimeKind, StreamKind};
 
 pub struct Service {
     pub ctx: Arc<Ctx>,
@@ -57,6 +59,8 @@ impl Service {
     pub async fn handle(&self, id: &Value, req: Request, conn: &ConnHandle) -> Result<Answer, Error> {
         match req {
             Request::Exec(e) => self.exec(id, e, conn).await,
+            Request::Fs { name, call } => self.fs(name, call).await,
+            Request::Process { name, op } => self.process(id, name, op, conn).await.map(Answer::from),
             other => self.handle_plain(other).await.map(Answer::from),
         }
     }
@@ -126,7 +130,9 @@ impl Service {
                 let activity = self.registry(|r| RegistryMsg::Activity(n, limit, r)).await??;
                 Ok(json!({"logs": logs, "activity": activity}))
             }
-            Request::Exec(_) => Err(Error::internal("exec is not a plain request")),
+            Request::Exec(_) | Request::Fs { .. } | Request::Process { .. } => {
+                Err(Error::internal("exec, fs and process requests are not plain requests"))
+            }
             Request::Reconcile => {
                 let j = self.janitor().await?;
                 let changed =
@@ -236,6 +242,8 @@ impl Service {
             "projects": projects,
             "project_actors": actors,
             "project_actor_handoffs": handoffs,
+            "max_line": self.ctx.config.server.max_line.0,
+            "max_output": self.ctx.config.exec.max_output.0,
         }))
     }
 
@@ -269,9 +277,16 @@ impl Service {
     }
 
     async fn lease(&self, e: &ExecRequest, recheck: bool) -> Result<ExecLease, Error> {
-        let auto_create = match self.ctx.config.exec.auto_create {
+        let ask_ = ExecAsk { local: e.local, tool: e.tool.clone(), recheck, engine_exec: e.engine_exec };
+        self.lease_for(&e.name, true, ask_).await
+    }
+
+    /// The project ready for work (its container started or re-created if need be);
+    /// with `auto_create` and `exec.auto_create`, an unknown project is created first.
+    async fn lease_for(&self, name: &ProjectName, auto_create: bool, ask_: ExecAsk) -> Result<ExecLease, Error> {
+        let auto_create = match self.ctx.config.exec.auto_create && auto_create {
             true => Some(CreateSpec {
-                name: e.name.clone(),
+                name: name.clone(),
                 image: None,
                 description: String::new(),
                 env: Default::default(),
@@ -280,9 +295,8 @@ impl Service {
             }),
             false => None,
         };
-        let ask_ = ExecAsk { local: e.local, tool: e.tool.clone(), recheck, engine_exec: e.engine_exec };
-        let actor = self.project(&e.name).await?;
-        ask(&actor, &format!("project {}", e.name), self.ctx.lifecycle_timeout(), |reply| ProjectMsg::PrepareExec {
+        let actor = self.project(name).await?;
+        ask(&actor, &format!("project {name}"), self.ctx.lifecycle_timeout(), |reply| ProjectMsg::PrepareExec {
             auto_create,
             ask: ask_,
             reply,
@@ -427,6 +441,180 @@ impl Service {
         }
         watch.abort();
         res
+    }
+}
+
+/// How long one call to a project's agent may take (besides any wait it asks for).
+const AGENT_CALL: Duration = Duration::from_secs(60);
+/// How long one `process.output` follow or `process.wait` round waits at the agent.
+const WAIT_ROUND: Duration = Duration::from_secs(30);
+
+impl Service {
+    /// `fs.*`: in the container through its agent, or on the host inside the workspace.
+    async fn fs(&self, name: ProjectName, call: FsCall) -> Result<Answer, Error> {
+        let ask_ = ExecAsk { local: false, tool: None, recheck: false, engine_exec: false };
+        let lease = self.lease_for(&name, false, ask_).await?;
+        let runtime = match lease.runtime {
+            RuntimeKind::Docker => &self.ctx.runtimes.docker,
+            RuntimeKind::Local => &self.ctx.runtimes.local,
+        };
+        let path = call.path().clone();
+        let listing = matches!(call, FsCall::List { .. });
+        let writing = matches!(call, FsCall::Write { .. });
+        let reply = runtime.fs(&name, &lease.project.path, call, AGENT_CALL).await?;
+        drop(lease);
+        Ok(match reply {
+            FsReply::Data { data, size, eof } => {
+                // The data is held until the response is written, like exec output.
+                let hold = self.ctx.budget.reserve(data.len());
+                if hold.len() < data.len() {
+                    return Err(Error::new(
+                        ErrorKind::Busy,
+                        format!(
+                            "reading {path}: berthd's output buffers (server.max_buffered) are full; try again, \
+                             or read less at a time with limit"
+                        ),
+                    ));
+                }
+                Answer { result: protocol::read_json(&path, &data, size, eof), hold }
+            }
+            FsReply::Entries(entries) if listing => Value::Array(entries.iter().map(protocol::entry_json).collect()).into(),
+            FsReply::Entries(entries) => match entries.first() {
+                Some(e) => protocol::entry_json(e).into(),
+                None => return Err(Error::internal(format!("stat of {path} returned no entry"))),
+            },
+            FsReply::Done { size } if writing => json!({"path": path.as_str(), "size": size}).into(),
+            FsReply::Done { .. } => json!({}).into(),
+        })
+    }
+}
+
+impl Service {
+    /// `process.*`: the project's background processes, held by its container's agent.
+    async fn process(&self, id: &Value, name: ProjectName, op: ProcessOp, conn: &ConnHandle) -> Result<Value, Error> {
+        if let ProcessOp::Spawn { argv, workdir, env, stdin } = op {
+            let ask_ = ExecAsk { local: false, tool: None, recheck: false, engine_exec: false };
+            let lease = self.lease_for(&name, true, ask_).await?;
+            let runtime = match lease.runtime {
+                RuntimeKind::Docker => &self.ctx.runtimes.docker,
+                RuntimeKind::Local => &self.ctx.runtimes.local,
+            };
+            let agent = runtime.agent(&name).await?;
+            let spec = SpawnSpec {
+                env: lease.project.env.merged(&env).iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                argv,
+                workdir: workdir.map(|w| w.as_str().to_string()).unwrap_or_else(|| WORKSPACE_IN_CONTAINER.into()),
+                stdin,
+                keep: self.ctx.config.exec.max_output.0.min(u64::from(u32::MAX)) as u32,
+            };
+            let info = agent.spawn(spec, AGENT_CALL).await?;
+            return Ok(protocol::process_json(&name, &info));
+        }
+        // Everything else is about processes that exist: nothing is started for them.
+        let p = self.row(&name).await?;
+        let no_container = p.status != Status::Running;
+        let agent = match no_container {
+            true => None,
+            false => Some(self.ctx.runtimes.docker.agent(&name).await?),
+        };
+        let not_running = |pid: u32| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("no background process {pid} in project {name}: its container is not running"),
+            )
+        };
+        match op {
+            ProcessOp::Spawn { .. } => Err(Error::internal("spawn handled above")),
+            ProcessOp::List => match agent {
+                None => Ok(json!([])),
+                Some(a) => {
+                    let procs = a.proc_list(AGENT_CALL).await?;
+                    Ok(Value::Array(procs.iter().map(|i| protocol::process_json(&name, i)).collect()))
+                }
+            },
+            ProcessOp::Wait { id: pid, timeout } => {
+                let a = agent.ok_or_else(|| not_running(pid))?;
+                let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+                loop {
+                    let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+                    let round = left.unwrap_or(WAIT_ROUND).min(WAIT_ROUND);
+                    let info = a.proc_wait(pid, round, AGENT_CALL, &conn.gone).await?;
+                    if !info.running || left.is_some_and(|l| l <= round) {
+                        return Ok(protocol::process_json(&name, &info));
+                    }
+                }
+            }
+            ProcessOp::Kill { id: pid, signal, grace } => {
+                let a = agent.ok_or_else(|| not_running(pid))?;
+                Ok(protocol::process_json(&name, &a.proc_kill(pid, signal, grace, AGENT_CALL).await?))
+            }
+            ProcessOp::Input { id: pid, data, close } => {
+                let a = agent.ok_or_else(|| not_running(pid))?;
+                a.proc_input(pid, &data, close, AGENT_CALL).await?;
+                Ok(json!({}))
+            }
+            ProcessOp::Output { id: pid, offsets, follow, limit } => {
+                let a = agent.ok_or_else(|| not_running(pid))?;
+                match follow {
+                    false => {
+                        let mut out = a.proc_output(pid, offsets, limit, Duration::ZERO, AGENT_CALL).await?;
+                        let (mut o, mut e) = (std::mem::take(&mut out.stdout), std::mem::take(&mut out.stderr));
+                        if out.info.running || o.len() == limit as usize {
+                            protocol::whole_chars(&mut o);
+                        }
+                        if out.info.running || e.len() == limit as usize {
+                            protocol::whole_chars(&mut e);
+                        }
+                        Ok(protocol::process_output_json(&out, &o, &e, out.dropped))
+                    }
+                    true => self.follow(id, &a, pid, offsets, limit, conn).await,
+                }
+            }
+        }
+    }
+
+    /// Streams a process's output as `process.output` notifications until it ends (or
+    /// the client goes away); the response carries the final offsets.
+    async fn follow(
+        &self,
+        id: &Value,
+        agent: &Arc<AgentConn>,
+        pid: u32,
+        mut offsets: (u64, u64),
+        limit: u32,
+        conn: &ConnHandle,
+    ) -> Result<Value, Error> {
+        let mut dropped = 0;
+        loop {
+            let round = agent.proc_output(pid, offsets, limit, WAIT_ROUND, AGENT_CALL);
+            let mut out = tokio::select! {
+                r = round => r?,
+                _ = conn.gone.cancelled() => return Err(Error::new(ErrorKind::RuntimeError, "the client went away")),
+            };
+            dropped += out.dropped;
+            let ended = !out.info.running;
+            let mut sent = false;
+            for (stream, data) in [(StreamKind::Stdout, &mut out.stdout), (StreamKind::Stderr, &mut out.stderr)] {
+                if !ended || data.len() == limit as usize {
+                    protocol::whole_chars(data);
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                sent = true;
+                let hold = self.ctx.budget.reserve(data.len());
+                let line = protocol::process_notification(id, stream, data);
+                if conn.out.send(Outgoing { line, hold }).await.is_err() {
+                    return Err(Error::new(ErrorKind::RuntimeError, "the client went away"));
+                }
+            }
+            offsets = (out.stdout_offset + out.stdout.len() as u64, out.stderr_offset + out.stderr.len() as u64);
+            if ended && !sent {
+                out.stdout_offset = offsets.0;
+                out.stderr_offset = offsets.1;
+                return Ok(protocol::process_output_json(&out, &[], &[], dropped));
+            }
+        }
     }
 }
 

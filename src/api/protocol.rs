@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{Config, Size};
 use crate::error::{Error, ErrorKind};
+use crate::files::{FsCall, FsPath, WriteAt};
 use crate::model::{
     parse_duration, CreateSpec, EnvMap, ImageRef, Limits, ModelError, PortMap, Profile, ProjectName, Workdir,
 };
@@ -48,6 +49,16 @@ pub enum Request {
     Exec(ExecRequest),
     Reconcile,
     ArchiveStale,
+    /// `fs.*`: a file call in the project.
+    Fs {
+        name: ProjectName,
+        call: FsCall,
+    },
+    /// `process.*`: work on the project's background processes.
+    Process {
+        name: ProjectName,
+        op: ProcessOp,
+    },
     /// `debug.panic`: served only with debug hooks on.
     DebugPanic(ProjectName),
     /// `debug.kill_supervisor` / `debug.wedge_supervisor`: served only with debug hooks on.
@@ -62,6 +73,17 @@ pub enum Request {
         name: ProjectName,
         delay: Duration,
     },
+}
+
+/// One `process.*` request, its params checked.
+#[derive(Debug, Clone)]
+pub enum ProcessOp {
+    Spawn { argv: Vec<String>, workdir: Option<Workdir>, env: EnvMap, stdin: bool },
+    List,
+    Output { id: u32, offsets: (u64, u64), follow: bool, limit: u32 },
+    Wait { id: u32, timeout: Option<Duration> },
+    Kill { id: u32, signal: i32, grace: Duration },
+    Input { id: u32, data: Vec<u8>, close: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +115,11 @@ impl Request {
                 | Request::Status(_)
                 | Request::Logs { .. }
                 | Request::Path(_)
+                | Request::Fs { call: FsCall::Read { .. } | FsCall::List { .. } | FsCall::Stat { .. }, .. }
+                | Request::Process {
+                    op: ProcessOp::List | ProcessOp::Output { .. } | ProcessOp::Wait { .. },
+                    ..
+                }
         )
     }
 
@@ -107,7 +134,10 @@ impl Request {
             | Request::DebugPanic(n)
             | Request::DebugRetire { name: n, .. }
             | Request::DebugBusy { name: n, .. } => Some(n),
-            Request::Delete { name, .. } | Request::Logs { name, .. } => Some(name),
+            Request::Delete { name, .. }
+            | Request::Logs { name, .. }
+            | Request::Fs { name, .. }
+            | Request::Process { name, .. } => Some(name),
             Request::Exec(e) => Some(&e.name),
             Request::Info
             | Request::List
@@ -321,6 +351,8 @@ fn parse_request(method: &str, p: Value, config: &Config, debug_hooks: bool) -> 
             Request::Logs { name: name(&l.name)?, tail: l.tail }
         }
         "project.exec" => Request::Exec(parse_exec(params(m, p)?, config)?),
+        m if m.starts_with("fs.") => parse_fs(m, p, config)?,
+        m if m.starts_with("process.") => parse_process(m, p, config)?,
         "debug.panic" if debug_hooks => Request::DebugPanic(name(&params::<NameParams>(m, p)?.name)?),
         "debug.kill_supervisor" if debug_hooks => {
             params::<NoParams>(m, p).map(|_| Request::DebugSupervisor(DebugSupervisor::Panic))?
@@ -346,17 +378,298 @@ fn parse_request(method: &str, p: Value, config: &Config, debug_hooks: bool) -> 
     })
 }
 
-fn parse_exec(e: ExecParams, config: &Config) -> Result<ExecRequest, Error> {
-    let name = name(&e.name)?;
-    if e.command.is_empty() {
+fn fs_path(s: &str) -> Result<FsPath, Error> {
+    FsPath::parse(s).map_err(Error::from)
+}
+
+/// `"0644"`, `"644"` or `"0o644"`: octal permission bits, at most `0o7777`.
+fn parse_mode(s: &str) -> Result<u32, Error> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(m),
+        _ => Err(Error::invalid_params(format!("invalid mode {s:?}: octal permission bits such as \"0644\""))),
+    }
+}
+
+/// Text, or base64 with `encoding: "base64"`.
+fn decode_data(what: &str, data: String, encoding: Option<&str>) -> Result<Vec<u8>, Error> {
+    match encoding {
+        None | Some("utf-8") | Some("utf8") => Ok(data.into_bytes()),
+        Some("base64") => base64::engine::general_purpose::STANDARD
+            .decode(data.as_bytes())
+            .map_err(|e| Error::invalid_params(format!("{what} is not valid base64: {e}"))),
+        Some(other) => Err(Error::invalid_params(format!("invalid encoding {other:?}: \"utf-8\" or \"base64\""))),
+    }
+}
+
+fn parse_fs(m: &str, p: Value, config: &Config) -> Result<Request, Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Read {
+        name: String,
+        path: String,
+        offset: Option<u64>,
+        limit: Option<u64>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Write {
+        name: String,
+        path: String,
+        data: String,
+        encoding: Option<String>,
+        append: Option<bool>,
+        offset: Option<u64>,
+        mode: Option<String>,
+        mkdirs: Option<bool>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PathOnly {
+        name: String,
+        path: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Remove {
+        name: String,
+        path: String,
+        recursive: Option<bool>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Mkdir {
+        name: String,
+        path: String,
+        parents: Option<bool>,
+        mode: Option<String>,
+    }
+    let max = config.exec.max_output.0;
+    let (n, call) = match m {
+        "fs.read" => {
+            let r: Read = params(m, p)?;
+            let limit = r.limit.unwrap_or(max);
+            if limit > max {
+                return Err(Error::invalid_params(format!(
+                    "limit {limit} is larger than exec.max_output ({max} bytes): read large files in pieces with offset"
+                )));
+            }
+            (r.name, FsCall::Read { path: fs_path(&r.path)?, offset: r.offset.unwrap_or(0), limit })
+        }
+        "fs.write" => {
+            let w: Write = params(m, p)?;
+            let at = match (w.append.unwrap_or(false), w.offset) {
+                (true, Some(_)) => return Err(Error::invalid_params("give append or offset, not both")),
+                (true, None) => WriteAt::Append,
+                (false, Some(o)) => WriteAt::Offset(o),
+                (false, None) => WriteAt::Replace,
+            };
+            let path = fs_path(&w.path)?;
+            let mode = w.mode.as_deref().map(parse_mode).transpose()?;
+            let data = decode_data("data", w.data, w.encoding.as_deref())?;
+            (w.name, FsCall::Write { path, data, at, mode, mkdirs: w.mkdirs.unwrap_or(false) })
+        }
+        "fs.list" => {
+            let l: PathOnly = params(m, p)?;
+            (l.name, FsCall::List { path: fs_path(&l.path)? })
+        }
+        "fs.stat" => {
+            let l: PathOnly = params(m, p)?;
+            (l.name, FsCall::Stat { path: fs_path(&l.path)? })
+        }
+        "fs.remove" => {
+            let r: Remove = params(m, p)?;
+            (r.name, FsCall::Remove { path: fs_path(&r.path)?, recursive: r.recursive.unwrap_or(false) })
+        }
+        "fs.mkdir" => {
+            let d: Mkdir = params(m, p)?;
+            let mode = d.mode.as_deref().map(parse_mode).transpose()?;
+            (d.name, FsCall::Mkdir { path: fs_path(&d.path)?, parents: d.parents.unwrap_or(false), mode })
+        }
+        other => return Err(Error::new(ErrorKind::MethodNotFound, format!("unknown method {other:?}"))),
+    };
+    Ok(Request::Fs { name: name(&n)?, call })
+}
+
+/// Signal names (`TERM`, `SIGTERM`, any case) or numbers 1–64.
+pub fn parse_signal(s: &str) -> Result<i32, Error> {
+    let up = s.to_ascii_uppercase();
+    let bare = up.strip_prefix("SIG").unwrap_or(&up);
+    let n = match bare {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "WINCH" => libc::SIGWINCH,
+        "ALRM" => libc::SIGALRM,
+        n => match n.parse::<i32>() {
+            Ok(n) if (1..=64).contains(&n) => n,
+            _ => {
+                return Err(Error::invalid_params(format!(
+                    "invalid signal {s:?}: a name such as TERM, KILL, INT, HUP, or a number 1-64"
+                )))
+            }
+        },
+    };
+    Ok(n)
+}
+
+/// The name of a signal number, for results (`"TERM"`), or its number.
+pub fn signal_name(n: i32) -> String {
+    let name = match n {
+        libc::SIGHUP => "HUP",
+        libc::SIGINT => "INT",
+        libc::SIGQUIT => "QUIT",
+        libc::SIGKILL => "KILL",
+        libc::SIGUSR1 => "USR1",
+        libc::SIGUSR2 => "USR2",
+        libc::SIGTERM => "TERM",
+        libc::SIGPIPE => "PIPE",
+        libc::SIGALRM => "ALRM",
+        libc::SIGSEGV => "SEGV",
+        libc::SIGABRT => "ABRT",
+        libc::SIGBUS => "BUS",
+        libc::SIGFPE => "FPE",
+        libc::SIGILL => "ILL",
+        _ => return n.to_string(),
+    };
+    name.to_string()
+}
+
+/// Default grace between a terminating signal and the kill of what is left.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+fn parse_process(m: &str, p: Value, config: &Config) -> Result<Request, Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Spawn {
+        name: String,
+        command: Vec<String>,
+        workdir: Option<String>,
+        env: Option<BTreeMap<String, String>>,
+        stdin: Option<bool>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Output {
+        name: String,
+        id: u32,
+        stdout_offset: Option<u64>,
+        stderr_offset: Option<u64>,
+        follow: Option<bool>,
+        limit: Option<u32>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wait {
+        name: String,
+        id: u32,
+        timeout: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Kill {
+        name: String,
+        id: u32,
+        signal: Option<Value>,
+        grace: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Input {
+        name: String,
+        id: u32,
+        data: Option<String>,
+        encoding: Option<String>,
+        close: Option<bool>,
+    }
+    let max_wait = config.exec.max_timeout.0;
+    let (n, op) = match m {
+        "process.spawn" => {
+            let s: Spawn = params(m, p)?;
+            check_command(&s.command)?;
+            let op = ProcessOp::Spawn {
+                argv: s.command,
+                workdir: s.workdir.as_deref().map(Workdir::parse).transpose().map_err(Error::from)?,
+                env: EnvMap::parse(s.env.unwrap_or_default()).map_err(Error::from)?,
+                stdin: s.stdin.unwrap_or(false),
+            };
+            (s.name, op)
+        }
+        "process.list" => (params::<NameParams>(m, p)?.name, ProcessOp::List),
+        "process.output" => {
+            let o: Output = params(m, p)?;
+            let limit = o.limit.unwrap_or(berth_wire::MAX_DATA as u32);
+            if limit == 0 || limit as usize > berth_wire::MAX_DATA {
+                return Err(Error::invalid_params(format!(
+                    "invalid limit {limit}: 1 to {} bytes per stream",
+                    berth_wire::MAX_DATA
+                )));
+            }
+            let offsets = (o.stdout_offset.unwrap_or(0), o.stderr_offset.unwrap_or(0));
+            (o.name, ProcessOp::Output { id: o.id, offsets, follow: o.follow.unwrap_or(false), limit })
+        }
+        "process.wait" => {
+            let w: Wait = params(m, p)?;
+            let timeout = w
+                .timeout
+                .as_deref()
+                .map(|t| parse_duration("timeout", t, Duration::ZERO, max_wait))
+                .transpose()?;
+            (w.name, ProcessOp::Wait { id: w.id, timeout })
+        }
+        "process.kill" => {
+            let k: Kill = params(m, p)?;
+            let signal = match k.signal {
+                None => libc::SIGTERM,
+                Some(Value::String(s)) => parse_signal(&s)?,
+                Some(Value::Number(n)) => parse_signal(&n.to_string())?,
+                Some(other) => return Err(Error::invalid_params(format!("invalid signal {other}: a name or a number"))),
+            };
+            let grace = k
+                .grace
+                .as_deref()
+                .map(|g| parse_duration("grace", g, Duration::ZERO, Duration::from_secs(300)))
+                .transpose()?
+                .unwrap_or(KILL_GRACE);
+            (k.name, ProcessOp::Kill { id: k.id, signal, grace })
+        }
+        "process.input" => {
+            let i: Input = params(m, p)?;
+            let data = decode_data("data", i.data.unwrap_or_default(), i.encoding.as_deref())?;
+            let close = i.close.unwrap_or(false);
+            if data.is_empty() && !close {
+                return Err(Error::invalid_params("process.input needs data, close, or both"));
+            }
+            (i.name, ProcessOp::Input { id: i.id, data, close })
+        }
+        other => return Err(Error::new(ErrorKind::MethodNotFound, format!("unknown method {other:?}"))),
+    };
+    Ok(Request::Process { name: name(&n)?, op })
+}
+
+/// A command as exec and spawn take it: a program and its arguments, no NUL.
+fn check_command(command: &[String]) -> Result<(), Error> {
+    if command.is_empty() {
         return Err(Error::invalid_params("command is empty: give the program and its arguments"));
     }
-    if e.command[0].is_empty() {
+    if command[0].is_empty() {
         return Err(Error::invalid_params("command[0] is empty: name the program to run"));
     }
-    if let Some(arg) = e.command.iter().find(|a| a.contains('\0')) {
+    if let Some(arg) = command.iter().find(|a| a.contains('\0')) {
         return Err(Error::invalid_params(format!("command argument {arg:?} contains NUL")));
     }
+    Ok(())
+}
+
+fn parse_exec(e: ExecParams, config: &Config) -> Result<ExecRequest, Error> {
+    let name = name(&e.name)?;
+    check_command(&e.command)?;
     let timeout = e
         .timeout
         .as_deref()
@@ -467,6 +780,115 @@ pub fn output_notification(id: &Value, stream: StreamKind, data: &[u8]) -> Strin
         params["encoding"] = json!(enc);
     }
     json!({"jsonrpc": "2.0", "method": "exec.output", "params": params}).to_string()
+}
+
+/// One `fs.list` / `fs.stat` entry.
+pub fn entry_json(e: &crate::files::FsEntry) -> Value {
+    let kind = match e.kind {
+        crate::files::EntryType::File => "file",
+        crate::files::EntryType::Dir => "dir",
+        crate::files::EntryType::Symlink => "symlink",
+        crate::files::EntryType::Other => "other",
+    };
+    let mtime = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.mtime_ms) * 1_000_000)
+        .map(crate::model::rfc3339)
+        .unwrap_or_default();
+    let mut v = json!({
+        "name": e.name,
+        "path": e.path,
+        "type": kind,
+        "size": e.size,
+        "mode": format!("{:04o}", e.mode),
+        "mtime": mtime,
+    });
+    if let Some(t) = &e.target {
+        v["target"] = json!(t);
+    }
+    v
+}
+
+/// `fs.read`'s result.
+pub fn read_json(path: &FsPath, data: &[u8], size: u64, eof: bool) -> Value {
+    let (text, encoding) = encode_bytes(data);
+    let mut v = json!({"path": path.as_str(), "size": size, "data": text, "eof": eof});
+    if let Some(e) = encoding {
+        v["encoding"] = json!(e);
+    }
+    v
+}
+
+fn millis(ms: u64) -> Value {
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
+        Ok(t) if ms > 0 => json!(crate::model::rfc3339(t)),
+        _ => Value::Null,
+    }
+}
+
+/// A process's exit code as exec reports one: 128 + n for a signal.
+pub fn process_exit_code(p: &berth_wire::ProcInfo) -> Value {
+    match (p.running, p.signal) {
+        (true, _) => Value::Null,
+        (false, s) if s > 0 => json!(128 + s),
+        (false, _) => json!(p.code),
+    }
+}
+
+/// The Process object of the protocol.
+pub fn process_json(project: &ProjectName, p: &berth_wire::ProcInfo) -> Value {
+    json!({
+        "id": p.proc,
+        "project": project.as_str(),
+        "command": p.argv.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>(),
+        "running": p.running,
+        "exit_code": process_exit_code(p),
+        "signal": (!p.running && p.signal > 0).then(|| signal_name(p.signal)),
+        "started": millis(p.started_ms),
+        "ended": if p.running { Value::Null } else { millis(p.ended_ms) },
+        "pid": p.pid,
+    })
+}
+
+/// Cuts an incomplete UTF-8 character off the end of `data` (it comes whole next time),
+/// unless that would leave nothing.
+pub fn whole_chars(data: &mut Vec<u8>) {
+    if let Err(e) = std::str::from_utf8(data) {
+        let tail = data.len() - e.valid_up_to();
+        if e.error_len().is_none() && tail <= 3 && e.valid_up_to() > 0 {
+            data.truncate(e.valid_up_to());
+        }
+    }
+}
+
+/// A `process.output` notification line for one chunk of a followed process.
+pub fn process_notification(id: &Value, stream: StreamKind, data: &[u8]) -> String {
+    let (text, encoding) = encode_bytes(data);
+    let mut params = json!({"id": id, "stream": stream, "data": text});
+    if let Some(enc) = encoding {
+        params["encoding"] = json!(enc);
+    }
+    json!({"jsonrpc": "2.0", "method": "process.output", "params": params}).to_string()
+}
+
+/// `process.output`'s result: the data, the offsets to ask for next, and the process's state.
+pub fn process_output_json(out: &crate::runtime::agent::ProcOutput, stdout: &[u8], stderr: &[u8], dropped: u64) -> Value {
+    let (o, oe) = encode_bytes(stdout);
+    let (e, ee) = encode_bytes(stderr);
+    let mut v = json!({
+        "stdout": o,
+        "stderr": e,
+        "stdout_offset": out.stdout_offset + stdout.len() as u64,
+        "stderr_offset": out.stderr_offset + stderr.len() as u64,
+        "dropped": dropped,
+        "running": out.info.running,
+        "exit_code": process_exit_code(&out.info),
+    });
+    if let Some(x) = oe {
+        v["stdout_encoding"] = json!(x);
+    }
+    if let Some(x) = ee {
+        v["stderr_encoding"] = json!(x);
+    }
+    v
 }
 
 /// The ExecResult object of the protocol.

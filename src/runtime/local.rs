@@ -67,6 +67,19 @@ impl Runtime for LocalRuntime {
         RuntimeKind::Local
     }
 
+    async fn fs(
+        &self,
+        _project: &ProjectName,
+        workspace: &Path,
+        call: crate::files::FsCall,
+        _within: std::time::Duration,
+    ) -> Result<crate::files::FsReply, crate::error::Error> {
+        let (workspace, user) = (workspace.to_path_buf(), self.run_as);
+        tokio::task::spawn_blocking(move || crate::files::local::call(&workspace, user, call))
+            .await
+            .map_err(|e| crate::error::Error::internal(format!("file call on the host: {e}")))?
+    }
+
     async fn ping(&self) -> Result<String, RuntimeError> {
         Ok(env!("CARGO_PKG_VERSION").to_string())
     }

@@ -195,6 +195,28 @@ pub trait Runtime: Send + Sync + 'static {
         false
     }
 
+    /// The connection to the project's berth-agent, which files and background
+    /// processes go through. Only containers have one.
+    async fn agent(&self, project: &ProjectName) -> Result<Arc<agent::AgentConn>, crate::error::Error> {
+        Err(crate::error::Error::new(
+            crate::error::ErrorKind::RuntimeUnavailable,
+            format!(
+                "project {project} runs on the host (no container engine answers), and background processes \
+                 need berth-agent, which runs only in containers"
+            ),
+        ))
+    }
+
+    /// Carries out a file call in the project (`workspace` is its host directory), within
+    /// `within`.
+    async fn fs(
+        &self,
+        project: &ProjectName,
+        workspace: &Path,
+        call: crate::files::FsCall,
+        within: Duration,
+    ) -> Result<crate::files::FsReply, crate::error::Error>;
+
     /// Runs a command to its end, its timeout, or `cancel`; kills every process it
     /// started in the last two cases. Output is kept (or sent live) through `capture`.
     async fn exec(

@@ -11,7 +11,10 @@
 //! forged listener inside the container costs at most that project's own results.
 //! Nothing here imports bollard: the docker runtime hands over the container's pid.
 
+mod calls;
 mod exec;
+
+pub use calls::{ProcOutput, SpawnSpec};
 
 pub use exec::{fits, AgentExecError};
 
@@ -422,7 +425,15 @@ async fn read_loop(
                     }
                 }
                 Frame::Error { message } => return format!("the agent said: {message}"),
-                f @ (Frame::Output { .. } | Frame::Exited { .. } | Frame::Failed { .. }) => {
+                f @ (Frame::Output { .. }
+                | Frame::Exited { .. }
+                | Frame::Failed { .. }
+                | Frame::Data { .. }
+                | Frame::Entries { .. }
+                | Frame::Done { .. }
+                | Frame::Procs { .. }
+                | Frame::ProcData { .. }
+                | Frame::Refused { .. }) => {
                     let id = f.id().unwrap_or(0);
                     let calls = conn.calls.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some((tx, unacked)) = calls.get(&id) {

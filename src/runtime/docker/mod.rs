@@ -535,6 +535,31 @@ impl Runtime for DockerRuntime {
         RuntimeKind::Docker
     }
 
+    async fn agent(&self, project: &ProjectName) -> Result<Arc<AgentConn>, crate::error::Error> {
+        self.agent_for(project).await.map_err(|e| {
+            let why = match e {
+                AgentError::Unavailable(w) if w.contains("made without the agent") || w.contains("agent is off") => {
+                    format!(
+                        "{w}; files and background processes need berth-agent (containers made with \
+                         [exec] agent = false, or before berth had an agent, lack it)"
+                    )
+                }
+                other => other.to_string(),
+            };
+            crate::error::Error::new(crate::error::ErrorKind::RuntimeUnavailable, format!("project {project}: {why}"))
+        })
+    }
+
+    async fn fs(
+        &self,
+        project: &ProjectName,
+        _workspace: &Path,
+        call: crate::files::FsCall,
+        within: Duration,
+    ) -> Result<crate::files::FsReply, crate::error::Error> {
+        self.agent(project).await?.fs(call, within).await
+    }
+
     async fn ping(&self) -> Result<String, RuntimeError> {
         let docker = self.client().await?;
         let v = self.bounded("version", docker.version()).await?;
