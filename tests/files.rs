@@ -125,8 +125,18 @@ fn bad_calls_change_nothing(d: &Daemon, name: &str) {
         ("fs.write", json!({"name": n, "path": "t/file/under", "data": "x"}), "invalid_params", "t/file"),
         ("fs.write", json!({"name": n, "path": "t/f2", "data": "x", "mode": "999"}), "invalid_params", "999"),
         ("fs.write", json!({"name": n, "path": "t/f2", "data": "x", "mode": "17777"}), "invalid_params", "17777"),
-        ("fs.write", json!({"name": n, "path": "t/f2", "data": "x", "append": true, "offset": 1}), "invalid_params", "append"),
-        ("fs.write", json!({"name": n, "path": "t/f2", "data": "%%", "encoding": "base64"}), "invalid_params", "base64"),
+        (
+            "fs.write",
+            json!({"name": n, "path": "t/f2", "data": "x", "append": true, "offset": 1}),
+            "invalid_params",
+            "append",
+        ),
+        (
+            "fs.write",
+            json!({"name": n, "path": "t/f2", "data": "%%", "encoding": "base64"}),
+            "invalid_params",
+            "base64",
+        ),
         ("fs.write", json!({"name": n, "path": "t/f2", "data": "x", "encoding": "rot13"}), "invalid_params", "rot13"),
         ("fs.write", json!({"name": n, "path": "", "data": "x"}), "invalid_params", "path"),
         ("fs.write", json!({"name": n, "path": "t/a\u{0}b", "data": "x"}), "invalid_params", "NUL"),
@@ -228,7 +238,10 @@ fn a_symlink_planted_in_the_container_is_what_the_container_sees() {
     // Removing a link removes the link only.
     d.ok("fs.remove", json!({"name": name, "path": "etc"}));
     d.ok("fs.remove", json!({"name": name, "path": "pw"}));
-    let r = d.ok("project.exec", json!({"name": name, "command": ["sh", "-c", "cat /tmp/pw; ls /etc | wc -l; ls /workspace"]}));
+    let r = d.ok(
+        "project.exec",
+        json!({"name": name, "command": ["sh", "-c", "cat /tmp/pw; ls /etc | wc -l; ls /workspace"]}),
+    );
     let out = r["stdout"].as_str().unwrap();
     assert!(out.starts_with("container-passwd\n"), "{out}");
     assert!(!out.contains("etc\n") && !out.contains("pw\n"), "{out}");

@@ -101,7 +101,10 @@ fn output_past_the_buffer_is_dropped_and_counted() {
     assert_eq!(o["dropped"], 1_000_000 - 64 * 1024, "{}", o["dropped"]);
     assert_eq!((o["stdout_offset"].as_u64(), o["stderr"].as_str()), (Some(1_000_000), Some("err\n")));
     // From where the kept output starts, nothing is dropped.
-    let o = d.ok("process.output", json!({"name": name, "id": p["id"], "stdout_offset": 1_000_000 - 10, "stderr_offset": 4}));
+    let o = d.ok(
+        "process.output",
+        json!({"name": name, "id": p["id"], "stdout_offset": 1_000_000 - 10, "stderr_offset": 4}),
+    );
     assert_eq!((o["stdout"].as_str().map(str::len), o["dropped"].as_u64()), (Some(10), Some(0)), "{o}");
     // Past the end is a bad offset.
     let r = d.rpc("process.output", json!({"name": name, "id": p["id"], "stdout_offset": 2_000_000}));

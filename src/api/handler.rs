@@ -20,8 +20,8 @@ use crate::actors::registry::RegistryMsg;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::actors::{ask, Ctx};
 use crate::error::{Error, ErrorKind};
-use crate::model::{Activity, CreateSpec, Project, ProjectName, Status};
 use crate::files::{FsCall, FsReply, WORKSPACE_IN_CONTAINER};
+use crate::model::{Activity, CreateSpec, Project, ProjectName, Status};
 use crate::runtime::agent::{AgentConn, SpawnSpec};
 use crate::runtime::{Capture, Chunk, ExecSpec, Reservation, RuntimeError, RuntimeKind, StreamKind};
 
@@ -478,7 +478,9 @@ impl Service {
                 }
                 Answer { result: protocol::read_json(&path, &data, size, eof), hold }
             }
-            FsReply::Entries(entries) if listing => Value::Array(entries.iter().map(protocol::entry_json).collect()).into(),
+            FsReply::Entries(entries) if listing => {
+                Value::Array(entries.iter().map(protocol::entry_json).collect()).into()
+            }
             FsReply::Entries(entries) => match entries.first() {
                 Some(e) => protocol::entry_json(e).into(),
                 None => return Err(Error::internal(format!("stat of {path} returned no entry"))),

@@ -116,10 +116,7 @@ impl Request {
                 | Request::Logs { .. }
                 | Request::Path(_)
                 | Request::Fs { call: FsCall::Read { .. } | FsCall::List { .. } | FsCall::Stat { .. }, .. }
-                | Request::Process {
-                    op: ProcessOp::List | ProcessOp::Output { .. } | ProcessOp::Wait { .. },
-                    ..
-                }
+                | Request::Process { op: ProcessOp::List | ProcessOp::Output { .. } | ProcessOp::Wait { .. }, .. }
         )
     }
 
@@ -616,11 +613,8 @@ fn parse_process(m: &str, p: Value, config: &Config) -> Result<Request, Error> {
         }
         "process.wait" => {
             let w: Wait = params(m, p)?;
-            let timeout = w
-                .timeout
-                .as_deref()
-                .map(|t| parse_duration("timeout", t, Duration::ZERO, max_wait))
-                .transpose()?;
+            let timeout =
+                w.timeout.as_deref().map(|t| parse_duration("timeout", t, Duration::ZERO, max_wait)).transpose()?;
             (w.name, ProcessOp::Wait { id: w.id, timeout })
         }
         "process.kill" => {
@@ -629,7 +623,9 @@ fn parse_process(m: &str, p: Value, config: &Config) -> Result<Request, Error> {
                 None => libc::SIGTERM,
                 Some(Value::String(s)) => parse_signal(&s)?,
                 Some(Value::Number(n)) => parse_signal(&n.to_string())?,
-                Some(other) => return Err(Error::invalid_params(format!("invalid signal {other}: a name or a number"))),
+                Some(other) => {
+                    return Err(Error::invalid_params(format!("invalid signal {other}: a name or a number")))
+                }
             };
             let grace = k
                 .grace
@@ -870,7 +866,12 @@ pub fn process_notification(id: &Value, stream: StreamKind, data: &[u8]) -> Stri
 }
 
 /// `process.output`'s result: the data, the offsets to ask for next, and the process's state.
-pub fn process_output_json(out: &crate::runtime::agent::ProcOutput, stdout: &[u8], stderr: &[u8], dropped: u64) -> Value {
+pub fn process_output_json(
+    out: &crate::runtime::agent::ProcOutput,
+    stdout: &[u8],
+    stderr: &[u8],
+    dropped: u64,
+) -> Value {
     let (o, oe) = encode_bytes(stdout);
     let (e, ee) = encode_bytes(stderr);
     let mut v = json!({

@@ -32,6 +32,12 @@ fn write_out(stdout: &[u8], stderr: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A `process.output` result's bytes: each stream is text, or base64 where its
+/// `stdout_encoding` / `stderr_encoding` says so.
+fn streams(r: &Value) -> (Vec<u8>, Vec<u8>) {
+    (decode_data(r, "stdout", "stdout_encoding"), decode_data(r, "stderr", "stderr_encoding"))
+}
+
 fn note_dropped(r: &Value) {
     if let Some(n) = r["dropped"].as_u64().filter(|n| *n > 0) {
         eprintln!("berth: {}", dropped_note(n));
@@ -65,8 +71,7 @@ pub async fn logs(socket: &Path, name: &str, id: u64, follow: bool, json_out: bo
             return ExitCode::SUCCESS;
         }
         note_dropped(&r);
-        let out = decode_data(&r, "stdout", "encoding");
-        let err = decode_data(&r, "stderr", "encoding");
+        let (out, err) = streams(&r);
         if write_out(&out, &err).is_err() {
             return ExitCode::SUCCESS;
         }
@@ -105,7 +110,8 @@ pub async fn logs(socket: &Path, name: &str, id: u64, follow: bool, json_out: bo
                     Err(e) => return call_failed(e),
                 };
                 note_dropped(&r);
-                let _ = write_out(&decode_data(&r, "stdout", "encoding"), &decode_data(&r, "stderr", "encoding"));
+                let (out, err) = streams(&r);
+                let _ = write_out(&out, &err);
                 return ExitCode::SUCCESS;
             }
             Event::Done(Err(e)) => return call_failed(e),

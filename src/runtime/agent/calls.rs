@@ -146,7 +146,13 @@ impl AgentConn {
 
     /// Up to `limit` bytes from `offset`: the first piece tells the file's size, the
     /// rest are asked for a few at a time and put together in order.
-    async fn read(self: &Arc<Self>, path: &FsPath, offset: u64, limit: u64, within: Duration) -> Result<FsReply, Error> {
+    async fn read(
+        self: &Arc<Self>,
+        path: &FsPath,
+        offset: u64,
+        limit: u64,
+        within: Duration,
+    ) -> Result<FsReply, Error> {
         let p = path.as_str().as_bytes().to_vec();
         let piece = |at: u64, left: u64| {
             let p = p.clone();
@@ -346,7 +352,13 @@ impl AgentConn {
     }
 
     /// Writes to a process's stdin (in pieces), then closes it if asked.
-    pub async fn proc_input(self: &Arc<Self>, proc: u32, data: &[u8], close: bool, within: Duration) -> Result<(), Error> {
+    pub async fn proc_input(
+        self: &Arc<Self>,
+        proc: u32,
+        data: &[u8],
+        close: bool,
+        within: Duration,
+    ) -> Result<(), Error> {
         let mut pieces: Vec<&[u8]> = data.chunks(MAX_DATA).collect();
         if pieces.is_empty() {
             pieces.push(&[]);
