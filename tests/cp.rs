@@ -287,8 +287,6 @@ fn destinations_follow_docker_cp() {
         listing,
         "d\nd/f.txt\nd/src\nd/src/a\nd/src/inner\nd/src/inner/b\nd2\nd2/f.txt\ne\ne/a\ne/inner\ne/inner/b\n\
          g.txt\nnewdir\nnewdir/a\nnewdir/inner\nnewdir/inner/b\nF2\nF2"
-            .to_string()
-            + "\n"
     );
 
     // The same rules out of the container.
@@ -491,7 +489,7 @@ fn logs_follow_streams_both_outputs_until_the_end() {
         "while [ ! -e /tmp/go ]; do sleep 0.05; done; for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.1; done; exit 3",
     ]);
     let id = id.trim();
-    let mut follow = Command::new(berth_bin())
+    let follow = Command::new(berth_bin())
         .arg("--socket")
         .arg(&d.socket)
         .args(["logs", &name, "--process", id, "-f"])
