@@ -34,8 +34,11 @@ use spec::Direction;
 
 /// Chunk requests in flight at once.
 const IN_FLIGHT: usize = 8;
-/// Bytes asked for per `fs.read` (at most the daemon's `exec.max_output`).
-const READ_CHUNK: u64 = 1 << 20;
+/// Bytes asked for per `fs.read` (at most the daemon's `exec.max_output`): what
+/// berth-agent moves in one frame, so each read is one round trip to it. Larger reads
+/// measured slower (berthd puts them together from 256 KiB pieces, and the agent keeps
+/// the calls on one file in order), and take more memory.
+const READ_CHUNK: u64 = 256 << 10;
 /// The line limit assumed when the daemon does not say.
 const DEFAULT_MAX_LINE: usize = 1 << 20;
 
