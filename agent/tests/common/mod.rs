@@ -364,6 +364,15 @@ pub fn processes() -> Vec<(i32, u8, i32)> {
     out
 }
 
+/// When `pid` started (field 22 of `/proc/PID/stat`, in clock ticks since boot): with the
+/// pid, it names one process, whatever later reuses the pid. `None` once it is reaped.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    // Fields after the name start at field 3 (the state).
+    stat[close + 1..].split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
 /// Live descendants of `root`.
 pub fn descendants(root: i32) -> Vec<i32> {
     let procs = processes();
