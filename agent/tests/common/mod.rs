@@ -364,6 +364,15 @@ pub fn processes() -> Vec<(i32, u8, i32)> {
     out
 }
 
+/// When `pid` started (field 22 of `/proc/PID/stat`, in clock ticks since boot): with the
+/// pid, it names one process, whatever later reuses the pid. `None` once it is reaped.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    // Fields after the name start at field 3 (the state).
+    stat[close + 1..].split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
 /// Live descendants of `root`.
 pub fn descendants(root: i32) -> Vec<i32> {
     let procs = processes();
@@ -402,18 +411,25 @@ pub fn find_under(root: i32, argv: &[&str]) -> Vec<i32> {
 }
 
 /// The agent's idle shims: those not yet given a command, which (unlike a shim that
-/// was) have no signalfd open. Once things settle there is exactly one.
+/// was) have no signalfd open, but do have their control channel (descriptor 3). Once
+/// things settle there is exactly one.
+///
+/// The channel matters: a shim whose command is over closes the channel and then its
+/// signalfd (in that order, `Shim`'s fields) and exits, and an exiting process has no
+/// descriptors left at all; for that moment, which a loaded machine stretches, it has no
+/// signalfd either, and must not pass for the idle shim.
 pub fn idle_shims(agent: i32) -> Vec<i32> {
-    let launched = |p: i32| {
-        fs::read_dir(format!("/proc/{p}/fd"))
-            .map(|d| {
-                d.flatten().any(|e| fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("signalfd")))
-            })
-            .unwrap_or(true)
+    let idle = |p: i32| {
+        let fd = format!("/proc/{p}/fd");
+        let Ok(d) = fs::read_dir(&fd) else { return false };
+        let launched =
+            d.flatten().any(|e| fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("signalfd")));
+        // Still open after the scan: the shim was not on its way out during the scan.
+        !launched && fs::read_link(format!("{fd}/3")).is_ok()
     };
     let procs = processes();
     let shims = procs.iter().filter(|&&(p, s, pp)| pp == agent && s != b'Z' && comm(p) == "berth-shim");
-    shims.map(|&(p, _, _)| p).filter(|&p| !launched(p)).collect()
+    shims.map(|&(p, _, _)| p).filter(|&p| idle(p)).collect()
 }
 
 /// The agent's idle shim, once there is exactly one.
