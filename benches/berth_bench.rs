@@ -8,7 +8,9 @@
 //! projects, berth over the socket vs bollard direct), `status` (status/list latency while
 //! 32 long execs run), `restart` (restart to serving with 2,000 registered projects, and
 //! daemon RSS), `reconcile` (200 containers: berth's reconcile vs one raw list call vs one
-//! raw inspect per container). The raw baseline uses bollard directly; that is the point of
+//! raw inspect per container), `cp` (200 MiB as one file and as a tree of 2,000 files,
+//! into and out of a container: `berth cp` vs `docker cp` on the same container, with
+//! `berth`'s peak RSS). The raw baseline uses bollard directly; that is the point of
 //! a baseline, and why this file (not `src/`) imports it.
 
 use std::collections::HashMap;
@@ -58,6 +60,9 @@ fn main() {
         }
         if wants("session") {
             session(&docker).await;
+        }
+        if wants("cp") {
+            cp().await;
         }
     });
 }
@@ -691,5 +696,162 @@ print(time.monotonic() - t)
             py_t.as_secs_f64() / b_t.as_secs_f64()
         );
     }
+    d.stop();
+}
+
+// ---------------------------------------------------------------- cp
+
+/// Runs `cmd` to its end; its wall time and peak RSS (KiB: its `VmHWM`, read every 2 ms
+/// while it runs; `wait4`'s `ru_maxrss` would count the bench's own memory, which the
+/// child shares between fork and exec).
+fn run_measured(mut cmd: Command) -> (Duration, u64) {
+    let t = Instant::now();
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let status = loop {
+        if let Ok(s) = std::fs::read_to_string(&status_file) {
+            let hwm = s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next());
+            peak = peak.max(hwm.and_then(|v| v.parse().ok()).unwrap_or(0));
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let wall = t.elapsed();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{cmd:?} failed: {err}");
+    (wall, peak)
+}
+
+/// Bytes that do not compress: a xorshift stream.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Bytes under `p` (files only).
+fn tree_bytes(p: &Path) -> u64 {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    if m.is_dir() {
+        std::fs::read_dir(p).unwrap().map(|e| tree_bytes(&e.unwrap().path())).sum()
+    } else {
+        m.len()
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// 200 MiB into and out of one container, as one file and as 2,000 files in 40
+/// directories: `berth cp` and `docker cp` alternately (which goes first flips each
+/// round), 3 rounds, medians.
+async fn cp() {
+    const MIB: usize = 1 << 20;
+    let mut d = Daemon::new("");
+    d.start().await;
+    let mut c = Client::connect(&d.socket).await.unwrap();
+    let name = d.name("cp");
+    c.ok("project.create", json!({"name": name})).await;
+    let container = format!("berth-{name}");
+    let host = tempfile::tempdir().unwrap();
+    let file = host.path().join("one.bin");
+    std::fs::write(&file, noise(200 * MIB, 1)).unwrap();
+    let tree = host.path().join("tree");
+    for dir in 0..40 {
+        let sub = tree.join(format!("d{dir:02}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..50 {
+            std::fs::write(sub.join(format!("f{f:02}.bin")), noise(200 * MIB / 2000, (dir * 50 + f) as u64)).unwrap();
+        }
+    }
+    let docker = |args: &[&str]| {
+        let st = Command::new("docker").args(args).stdout(Stdio::null()).status().unwrap();
+        assert!(st.success(), "docker {args:?}");
+    };
+    // What the copies out start from, put there by docker cp.
+    docker(&["exec", &container, "mkdir", "-p", "/tmp/src", "/tmp/in"]);
+    docker(&["cp", file.to_str().unwrap(), &format!("{container}:/tmp/src/one.bin")]);
+    docker(&["cp", tree.to_str().unwrap(), &format!("{container}:/tmp/src/tree")]);
+    let berth = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg("--socket").arg(&d.socket).arg("cp").arg("-q").args(args);
+        cmd
+    };
+    let out_dir = host.path().join("out");
+    println!("\n## cp: 200 MiB into and out of a container, `berth cp` vs `docker cp` (median of 3, alternating)");
+    println!("| what | direction | docker cp | berth cp | berth / docker | berth peak RSS |");
+    println!("|---|---|---|---|---|---|");
+    for (what, src) in [("one 200 MiB file", &file), ("2,000 files of 100 KiB in 40 dirs", &tree)] {
+        let base = src.file_name().unwrap().to_str().unwrap().to_string();
+        let size = tree_bytes(src);
+        for dir in ["in", "out"] {
+            let (mut b_t, mut d_t, mut rss) = (Vec::new(), Vec::new(), 0u64);
+            for round in 0..3 {
+                for side in [round % 2, 1 - round % 2] {
+                    // A fresh destination each time.
+                    docker(&["exec", &container, "rm", "-rf", &format!("/tmp/in/{base}")]);
+                    let _ = std::fs::remove_dir_all(&out_dir);
+                    let _ = std::fs::remove_file(&out_dir);
+                    let in_dst = format!("/tmp/in/{base}");
+                    let out_src = format!("/tmp/src/{base}");
+                    let cmd = match (dir, side) {
+                        ("in", 0) => berth(&[src.to_str().unwrap(), &format!("{name}:{in_dst}")]),
+                        ("out", 0) => berth(&[&format!("{name}:{out_src}"), out_dir.to_str().unwrap()]),
+                        (_, _) => {
+                            let mut cmd = Command::new("docker");
+                            cmd.arg("cp");
+                            if dir == "in" {
+                                cmd.arg(src).arg(format!("{container}:{in_dst}"));
+                            } else {
+                                cmd.arg(format!("{container}:{out_src}")).arg(&out_dir);
+                            }
+                            cmd
+                        }
+                    };
+                    let (t, r) = run_measured(cmd);
+                    // The copy is all there.
+                    let landed = if dir == "in" {
+                        let o =
+                            Command::new("docker").args(["exec", &container, "du", "-sb", &in_dst]).output().unwrap();
+                        let du =
+                            String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("0").to_string();
+                        // du counts the directories' own sizes too.
+                        du.parse::<u64>().unwrap() >= size
+                    } else {
+                        tree_bytes(&out_dir) == size
+                    };
+                    assert!(landed, "{what} {dir}: the copy is incomplete");
+                    if side == 0 {
+                        b_t.push(t);
+                        rss = rss.max(r);
+                    } else {
+                        d_t.push(t);
+                    }
+                }
+            }
+            let (b, dk) = (median(b_t), median(d_t));
+            println!(
+                "| {what} | {dir} | {} | {} | {:.2}x | {} MiB |",
+                ms(dk),
+                ms(b),
+                b.as_secs_f64() / dk.as_secs_f64(),
+                rss / 1024
+            );
+        }
+    }
+    drop(c);
     d.stop();
 }

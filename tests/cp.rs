@@ -508,6 +508,24 @@ fn logs_follow_streams_both_outputs_until_the_end() {
     assert_eq!(&row[..3], [id, "exited", "3"], "{ps}");
     // --json with -f is a usage error (one document, not a stream).
     berth_fails(&d, &["logs", "--json", &name, "--process", id, "-f"], 2);
+
+    // More than one page of output (the daemon gives 256 KiB a call), all of it.
+    let id = d.berth_ok(&["exec", "-d", &name, "--", "sh", "-c", "head -c 600000 /dev/zero | tr '\\0' b"]);
+    let id = id.trim();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ps: Value = serde_json::from_str(&d.berth_ok(&["ps", "--json", &name])).unwrap();
+        let p = ps.as_array().unwrap().iter().find(|p| p["id"].to_string() == id).unwrap().clone();
+        if p["running"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{p}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = d.berth(&["logs", &name, "--process", id]);
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o.stderr));
+    assert_eq!(o.stdout.len(), 600_000);
+    assert!(o.stdout.iter().all(|b| *b == b'b'));
 }
 
 #[test]
@@ -546,4 +564,33 @@ fn completions_know_the_new_commands() {
     let o = Command::new(berth_bin()).args(["cp", "--help"]).output().unwrap();
     let help = text(&o.stdout);
     assert!(help.contains("symlink") && help.contains("skipped with a warning"), "{help}");
+}
+
+#[test]
+fn progress_shows_on_a_terminal_for_copies_over_4_mib_only() {
+    let Some((d, name, tmp)) = setup("prog") else { return };
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping: no script(1) to give berth a terminal (util-linux)");
+        return;
+    }
+    let big = tmp.path().join("big.bin");
+    std::fs::write(&big, noise(8 << 20, 9)).unwrap();
+    let small = tmp.path().join("small.bin");
+    std::fs::write(&small, noise(1 << 20, 9)).unwrap();
+    // berth on a pseudo-terminal: what it showed there.
+    let on_terminal = |args: &str| {
+        let line = format!("{} --socket {} cp {args} {name}:/tmp/", berth_bin(), d.socket.display());
+        let o = Command::new("script").args(["-q", "-e", "-c", &line, "/dev/null"]).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o.stdout));
+        text(&o.stdout)
+    };
+    let shown = on_terminal(big.to_str().unwrap());
+    assert!(shown.contains("berth: copied 8.0 MiB of 8.0 MiB (100%)"), "{shown:?}");
+    let shown = on_terminal(small.to_str().unwrap());
+    assert!(!shown.contains("copied"), "1 MiB: no progress: {shown:?}");
+    let shown = on_terminal(&format!("-q {}", big.display()));
+    assert!(!shown.contains("copied"), "-q: no progress: {shown:?}");
+    // Not a terminal: nothing on stderr.
+    let o = d.berth(&["cp", big.to_str().unwrap(), &format!("{name}:/tmp/")]);
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o.stderr));
 }

@@ -118,7 +118,7 @@ pub enum Command {
     Exec {
         /// Start the command as a background process and print its id (see ps, logs
         /// --process, kill); berth returns at once.
-        #[arg(short = 'd', long, conflicts_with_all = ["timeout", "local", "tool", "no_stdin"])]
+        #[arg(short = 'd', long, conflicts_with_all = ["timeout", "local", "tool"])]
         detach: bool,
         /// Working directory, absolute (default: /workspace).
         #[arg(long)]
@@ -394,6 +394,35 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn background_commands_take_only_what_applies_to_them() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["berth"][..], args].concat());
+        for bad in [
+            &["exec", "-d", "--timeout", "1s", "web", "--", "true"][..],
+            &["exec", "-d", "--local", "web", "--", "true"],
+            &["logs", "web", "-f"],
+            &["logs", "web", "--process", "3", "--tail", "5"],
+            &["kill", "web"],
+            &["kill", "web", "x"],
+            &["cp", "only-one"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+        let c = parse(&["exec", "-d", "--env", "A=1", "--workdir", "/tmp", "web", "--", "sleep", "9"]).unwrap();
+        let (method, params) = request::request_for(&c.command).unwrap().unwrap();
+        assert_eq!(method, "process.spawn");
+        assert_eq!(params, json!({"name": "web", "command": ["sleep", "9"], "workdir": "/tmp", "env": {"A": "1"}}));
+        let c = parse(&["kill", "-s", "KILL", "--grace", "2s", "web", "7"]).unwrap();
+        let (method, params) = request::request_for(&c.command).unwrap().unwrap();
+        assert_eq!(method, "process.kill");
+        assert_eq!(params, json!({"name": "web", "id": 7, "signal": "KILL", "grace": "2s"}));
+        let c = parse(&["ps", "web"]).unwrap();
+        assert_eq!(request::request_for(&c.command).unwrap().unwrap(), ("process.list", json!({"name": "web"})));
+        let c = parse(&["cp", "-L", "-q", "web:/a", "-"]).unwrap();
+        assert!(matches!(c.command, Command::Cp { follow_link: true, quiet: true, .. }));
     }
 
     #[test]

@@ -13,6 +13,9 @@ use super::conn::decode_data;
 use super::mux::{parse_result, CallError, Event, Mux};
 use super::{error_exit_code_of, fail, fail_with};
 
+/// Bytes of each stream asked for per call: the most the daemon gives.
+const PAGE: u64 = 256 << 10;
+
 /// What `logs --process` says when output was dropped.
 pub fn dropped_note(n: u64) -> String {
     format!("... {n} bytes dropped: output the daemon no longer kept (past exec.max_output per stream) ...")
@@ -61,7 +64,7 @@ pub async fn logs(socket: &Path, name: &str, id: u64, follow: bool, json_out: bo
     };
     let (mut so, mut se) = (0u64, 0u64);
     loop {
-        let p = json!({"name": name, "id": id, "stdout_offset": so, "stderr_offset": se});
+        let p = json!({"name": name, "id": id, "stdout_offset": so, "stderr_offset": se, "limit": PAGE});
         let r: Value = match mux.call("process.output", &p).await {
             Ok(r) => r,
             Err(e) => return call_failed(e),
@@ -75,10 +78,12 @@ pub async fn logs(socket: &Path, name: &str, id: u64, follow: bool, json_out: bo
         if write_out(&out, &err).is_err() {
             return ExitCode::SUCCESS;
         }
-        let (nso, nse) = (r["stdout_offset"].as_u64().unwrap_or(so), r["stderr_offset"].as_u64().unwrap_or(se));
-        let moved = (nso, nse) != (so, se);
-        (so, se) = (nso, nse);
-        if !moved || (out.is_empty() && err.is_empty()) {
+        (so, se) = (r["stdout_offset"].as_u64().unwrap_or(so), r["stderr_offset"].as_u64().unwrap_or(se));
+        // Caught up once neither stream filled its page (a character cut at a page's end
+        // comes whole with the next one, so a full page may be a few bytes short): what
+        // was there when berth asked has been shown, even from a process still writing.
+        let full = |n: usize| n as u64 + 4 >= PAGE;
+        if !full(out.len()) && !full(err.len()) {
             if !follow || r["running"].as_bool() != Some(true) {
                 return ExitCode::SUCCESS;
             }

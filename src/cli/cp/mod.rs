@@ -68,10 +68,12 @@ impl Failure {
     }
 
     /// A daemon error about `shown` (the path as the user would name it). The message
-    /// names it, once.
+    /// names it, once. A bad project name is a usage error; `invalid_params` is not,
+    /// here: for a path the daemon says it about the file system's state (a missing
+    /// parent, a directory where a file goes), which berth checked a moment before.
     pub fn call(shown: &str, path: &str, e: CallError) -> Failure {
         let code = match e.kind() {
-            Some("invalid_params" | "invalid_name") => 2,
+            Some("invalid_name") => 2,
             _ => 1,
         };
         let m = e.message();
