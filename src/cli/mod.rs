@@ -151,6 +151,8 @@ pub enum Command {
     Reconcile,
     /// Run the janitor's stale-archive now; prints the archived names.
     ArchiveStale,
+    /// Serve the Model Context Protocol on stdio (for AI agents), as a client of berthd.
+    Mcp,
     /// Print a shell completion script, e.g. `berth completions bash > /etc/bash_completion.d/berth`.
     Completions {
         /// The shell to complete for.
@@ -160,6 +162,9 @@ pub enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Mcp = cli.command {
+        return crate::mcp::main(cli.socket.as_deref());
+    }
     if let Command::Completions { shell } = cli.command {
         clap_complete::aot::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
         return ExitCode::SUCCESS;
@@ -234,7 +239,7 @@ fn human_output(cmd: &Command, r: &Value) -> String {
         Command::Path { .. } => format!("{}\n", r["path"].as_str().unwrap_or("-")),
         Command::Reconcile => human::reconcile(r),
         Command::ArchiveStale => human::archive_stale(r),
-        Command::Exec { .. } | Command::Completions { .. } => String::new(),
+        Command::Exec { .. } | Command::Completions { .. } | Command::Mcp => String::new(),
     }
 }
 

@@ -88,6 +88,6 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
             }
             ("project.exec", p)
         }
-        Command::Completions { .. } => return Ok(None),
+        Command::Completions { .. } | Command::Mcp => return Ok(None),
     }))
 }
