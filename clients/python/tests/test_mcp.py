@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import pytest
-
 from conftest import REPO, Daemon
 
 try:
@@ -41,11 +40,10 @@ def text_of(result: Any) -> str:
 
 async def session_run(socket: str, body: Any) -> Any:
     params = StdioServerParameters(command=berth_binary(), args=["mcp", "--socket", socket])
-    async with stdio_client(params) as (read, write):
-        async with ClientSession(read, write) as session:
-            init = await session.initialize()
-            assert init.server_info.name == "berth"
-            return await body(session)
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        init = await session.initialize()
+        assert init.server_info.name == "berth"
+        return await body(session)
 
 
 def test_sdk_lists_tools_and_runs_a_project(daemon: Daemon, name: str) -> None:
@@ -62,7 +60,7 @@ def test_sdk_lists_tools_and_runs_a_project(daemon: Daemon, name: str) -> None:
         assert not r.is_error, text_of(r)
         assert r.structured_content["name"] == name
 
-        progress: List[Tuple[float, str]] = []
+        progress: list[tuple[float, str]] = []
 
         async def on_progress(p: float, total: Any, message: Any) -> None:
             progress.append((p, message or ""))
@@ -74,7 +72,7 @@ def test_sdk_lists_tools_and_runs_a_project(daemon: Daemon, name: str) -> None:
         )
         assert not r.is_error, text_of(r)
         assert text_of(r).startswith("exit code: 5")
-        sc: Dict[str, Any] = r.structured_content
+        sc: dict[str, Any] = r.structured_content
         assert (sc["exit_code"], sc["stdout"], sc["stderr"]) == (5, "hello\n", "warn\n")
         assert any("hello" in m for _, m in progress), progress
 
