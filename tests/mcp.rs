@@ -53,7 +53,8 @@ impl Mcp {
     fn read(&mut self) -> Value {
         let mut line = String::new();
         assert!(self.stdout.read_line(&mut line).unwrap() > 0, "berth mcp closed its stdout");
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line:?}"));
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line:?}"));
         assert_eq!(v["jsonrpc"], "2.0", "{line}");
         v
     }
@@ -233,6 +234,13 @@ fn exec_files_and_refusals() {
     assert_eq!(t, "1 two two\nthree\n");
     let t = m.tool_err("file_read", json!({"name": name, "path": "src/missing.txt"}));
     assert!(t.contains("missing.txt"), "{t}");
+    m.ok("project_exec", json!({"name": name, "command": "printf 'a\\377b' > src/bin.dat"}));
+    let (t, s) = m.ok("file_read", json!({"name": name, "path": "src/bin.dat"}));
+    assert!(t.contains("3 bytes, not UTF-8"), "{t}");
+    assert_eq!(s["content_base64"], "Yf9i", "{s}");
+    assert!(s.get("content").is_none(), "{s}");
+    let t = m.tool_err("file_edit", json!({"name": name, "path": "src/bin.dat", "old": "a", "new": "b"}));
+    assert!(t.contains("not UTF-8"), "{t}");
     let (t, s) = m.ok("file_list", json!({"name": name, "path": "src"}));
     assert!(t.contains("file") && t.contains("a.txt"), "{t}");
     assert_eq!(s["entries"][0]["name"], "a.txt");
@@ -276,12 +284,15 @@ fn exec_streams_progress_and_a_cancelled_call_kills_its_command() {
     loop {
         let v = m.read();
         assert_ne!(v.get("id"), Some(&json!(id)), "the exec ended before it was cancelled: {v}");
-        if v["method"] == "notifications/progress" && v["params"]["message"].as_str().unwrap_or("").contains("started") {
+        if v["method"] == "notifications/progress" && v["params"]["message"].as_str().unwrap_or("").contains("started")
+        {
             break;
         }
     }
     assert!(sleeping(&d, &name), "sleep 3000 is not running");
-    m.send(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": id, "reason": "test"}}));
+    m.send(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": id, "reason": "test"}}),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while sleeping(&d, &name) {
         assert!(Instant::now() < deadline, "the cancelled exec's command still runs");
