@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 /// A running `berth mcp`, initialized.
 struct Mcp {
     child: Child,
-    stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     next_id: u64,
 }
@@ -33,7 +33,7 @@ impl Mcp {
             .expect("spawn berth mcp");
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut m = Mcp { child, stdin, stdout, next_id: 1 };
+        let mut m = Mcp { child, stdin: Some(stdin), stdout, next_id: 1 };
         let init = m.request(
             "initialize",
             json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "berth-test", "version": "0"}}),
@@ -45,8 +45,9 @@ impl Mcp {
     }
 
     fn send(&mut self, v: Value) {
-        writeln!(self.stdin, "{v}").unwrap();
-        self.stdin.flush().unwrap();
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        writeln!(stdin, "{v}").unwrap();
+        stdin.flush().unwrap();
     }
 
     /// The next line from the server; every line must be a JSON-RPC message.
@@ -348,4 +349,45 @@ fn background_processes() {
     // Parameters of the wrong shape are the client's mistake: a protocol error.
     let r = m.request("tools/call", json!({"name": "process_kill", "arguments": {"name": name}}));
     assert!(r.get("error").is_some() || r["result"]["isError"] == true, "{r}");
+}
+
+#[test]
+fn a_client_that_goes_away_ends_the_server_and_its_commands() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("mcpgone");
+    let mut m = Mcp::start(&d.socket);
+    m.ok("project_create", json!({"name": name, "image": IMAGE}));
+    let id = m.send_request(
+        "tools/call",
+        json!({"name": "project_exec", "arguments": {"name": name, "command": "echo started; exec sleep 3000"},
+               "_meta": {"progressToken": 1}}),
+    );
+    loop {
+        let v = m.read();
+        assert_ne!(v.get("id"), Some(&json!(id)), "the exec ended early: {v}");
+        if v["params"]["message"].as_str().unwrap_or("").contains("started") {
+            break;
+        }
+    }
+    assert!(sleeping(&d, &name));
+    // The client closes our stdin: the server exits (rmcp gives in-flight calls 5 s to
+    // answer first), and the exec's connection closes with it.
+    drop(m.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = m.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "berth mcp did not exit when its stdin closed");
+        let _ = d.rpc("project.exec", json!({"name": name, "command": ["sh", "-c", "true"]}));
+    };
+    assert!(status.success(), "{status}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sleeping(&d, &name) {
+        assert!(Instant::now() < deadline, "the exec of a server that went away still runs");
+        let _ = d.rpc("project.exec", json!({"name": name, "command": ["sh", "-c", "true"]}));
+    }
 }
