@@ -210,6 +210,8 @@ fn exec_files_and_refusals() {
     let (t, s) = m.ok("project_exec", json!({"name": name, "command": "sleep 30", "timeout": "1s"}));
     assert_eq!(s["exit_code"], 124, "{t}");
     assert_eq!(s["timed_out"], true);
+    let (_, s) = m.ok("project_exec", json!({"name": name, "command": "sleep 30", "timeout": 1}));
+    assert_eq!(s["exit_code"], 124);
     // Output that is not UTF-8: said in the text, base64 beside it.
     let (t, s) = m.ok("project_exec", json!({"name": name, "command": "printf '\\377\\376'"}));
     assert!(t.contains("not UTF-8"), "{t}");

@@ -103,10 +103,20 @@ pub struct ExecParams {
     pub command: String,
     /// Working directory, absolute (default: /workspace).
     pub workdir: Option<String>,
-    /// Kill the command after this long, e.g. "30s", "5m" (default: the daemon's exec.default_timeout, 10m out of the box).
-    pub timeout: Option<String>,
+    /// Kill the command after this long: seconds, or a duration such as "30s", "5m" (default: the daemon's exec.default_timeout, 10m out of the box).
+    pub timeout: Option<Timeout>,
     /// Text given to the command on its standard input (default: none).
     pub stdin: Option<String>,
+}
+
+/// A timeout: seconds, or a duration string.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum Timeout {
+    /// Seconds.
+    Seconds(u64),
+    /// A duration such as "30s", "5m", "1h".
+    Duration(String),
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -341,8 +351,10 @@ impl Berth {
         if let Some(w) = p.workdir {
             params["workdir"] = json!(w);
         }
-        if let Some(t) = p.timeout {
-            params["timeout"] = json!(t);
+        match p.timeout {
+            Some(Timeout::Seconds(n)) => params["timeout"] = json!(format!("{n}s")),
+            Some(Timeout::Duration(d)) => params["timeout"] = json!(d),
+            None => {}
         }
         if let Some(s) = p.stdin {
             params["stdin"] = json!(s);
