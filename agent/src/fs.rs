@@ -391,6 +391,23 @@ fn remove(path: &[u8], recursive: bool) -> Result<(), Refusal> {
     if sys::fstatat(None, c"/", true).is_ok_and(|root| (root.dev, root.ino) == (st.dev, st.ino)) {
         return invalid("it is the root directory, which is not removed");
     }
+    if st.is_dir() {
+        // A mount point (the workspace, berth's /.berth/run, /proc, ...) or a tree holding
+        // one is refused before anything is removed: removing what is under a mount
+        // empties it and then fails on the mount itself.
+        let real = fs::canonicalize(t.path()).map_err(|e| t.refusal(&e))?;
+        let real = real.as_os_str().as_bytes();
+        for m in mount_points() {
+            let under = m.len() > real.len() && m.starts_with(real) && (real == b"/" || m[real.len()] == b'/');
+            if m == real {
+                return invalid("it is a mount point (such as /workspace or berth's own), which is not removed");
+            }
+            if under && recursive {
+                let m = String::from_utf8_lossy(&m).into_owned();
+                return invalid(&format!("it holds the mount point {m}, which is not removed"));
+            }
+        }
+    }
     let done = match (st.is_dir(), recursive) {
         (true, true) => fs::remove_dir_all(t.path()),
         (true, false) => fs::remove_dir(t.path()),
@@ -400,6 +417,33 @@ fn remove(path: &[u8], recursive: bool) -> Result<(), Refusal> {
         libc::ENOTEMPTY | libc::EEXIST => (RefusedKind::WrongKind, format!("{} is not empty", t.show())),
         _ => t.refusal(&e),
     })
+}
+
+/// The mount points this process sees (`/proc/self/mountinfo`, octal escapes decoded).
+fn mount_points() -> Vec<Vec<u8>> {
+    let Ok(text) = fs::read("/proc/self/mountinfo") else { return Vec::new() };
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .map(|raw| {
+            let mut out = Vec::with_capacity(raw.len());
+            let mut i = 0;
+            while i < raw.len() {
+                let oct =
+                    raw.get(i + 1..i + 4).filter(|d| raw[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+                match oct {
+                    Some(d) => {
+                        out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
+                        i += 4;
+                    }
+                    None => {
+                        out.push(raw[i]);
+                        i += 1;
+                    }
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 /// `FsMkdir`.

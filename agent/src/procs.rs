@@ -130,6 +130,11 @@ impl Ring {
 
     fn push(&mut self, d: &[u8]) {
         self.total += d.len() as u64;
+        if self.buf.capacity() == 0 && !d.is_empty() {
+            // Exactly `keep`, once: grown by doubling it would end near twice that. The
+            // pages are touched only as output fills them.
+            self.buf.reserve_exact(self.keep);
+        }
         if d.len() >= self.keep {
             self.buf.clear();
             self.buf.extend(&d[d.len() - self.keep..]);
@@ -826,5 +831,18 @@ mod tests {
         assert_eq!(shown(&[b"ls".to_vec(), b"-l".to_vec()]), vec![b"ls".to_vec(), b"-l".to_vec()]);
         // Many empty arguments are cut too: each costs its length prefix.
         assert_eq!(shown(&vec![Vec::new(); 100_000]).len(), ARGV_SHOWN / 4 - 1);
+    }
+
+    #[test]
+    fn a_ring_holds_exactly_keep_however_its_output_arrives() {
+        let keep = 1 << 20;
+        let mut r = Ring::new(keep);
+        for i in 0..2000u32 {
+            r.push(&[i as u8; 4000]);
+        }
+        assert!(r.buf.capacity() < keep + keep / 8, "capacity {} for keep {keep}", r.buf.capacity());
+        assert_eq!((r.buf.len(), r.total), (keep, 8_000_000));
+        let (start, data, skipped) = r.read(0, 10);
+        assert_eq!((start, data.len(), skipped), (8_000_000 - keep as u64, 10, 8_000_000 - keep as u64));
     }
 }

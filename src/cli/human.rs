@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use crate::config::Size;
 
 /// A scalar as text; `-` for null or missing.
-fn s(v: &Value) -> String {
+pub fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -255,6 +255,33 @@ pub fn exec_notes(name: &str, r: &Value) -> Vec<String> {
     notes
 }
 
+/// A background process's STATUS: `running`, `exited`, or `killed(SIG)`.
+fn process_status(p: &Value) -> String {
+    if p["running"].as_bool() == Some(true) {
+        "running".into()
+    } else if let Some(sig) = p["signal"].as_str() {
+        format!("killed({sig})")
+    } else {
+        "exited".into()
+    }
+}
+
+fn process_row(p: &Value) -> Vec<String> {
+    vec![s(&p["id"]), process_status(p), s(&p["exit_code"]), time(&p["started"]), command_line(&p["command"])]
+}
+
+/// `ps`: ID STATUS EXIT STARTED COMMAND.
+pub fn processes(r: &Value) -> String {
+    let mut rows = vec![["ID", "STATUS", "EXIT", "STARTED", "COMMAND"].map(String::from).to_vec()];
+    rows.extend(r.as_array().into_iter().flatten().map(process_row));
+    table(&rows)
+}
+
+/// `kill`: the process's line, as `ps` shows it, without the header.
+pub fn process_line(p: &Value) -> String {
+    table(&[process_row(p)])
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -406,6 +433,27 @@ mod tests {
         assert_eq!(exec_notes("web", &r), ["command not found: \"nosuch\""]);
         let r = json!({"exit_code": 124, "timed_out": true});
         assert_eq!(exec_notes("web", &r), ["command timed out and was killed"]);
+    }
+
+    #[test]
+    fn ps_shows_running_exited_and_killed_processes() {
+        let r = json!([
+            {"id": 1, "project": "web", "command": ["sh", "-c", "while :; do echo tick; sleep 0.2; done"],
+             "running": true, "exit_code": null, "started": "2026-11-27T18:29:07.5Z", "ended": null, "pid": 12, "signal": null},
+            {"id": 2, "project": "web", "command": ["true"], "running": false, "exit_code": 0,
+             "started": "2026-11-27T18:30:00Z", "ended": "2026-11-27T18:30:00Z", "pid": 13, "signal": null},
+            {"id": 10, "project": "web", "command": ["sleep", "99"], "running": false, "exit_code": 143,
+             "started": "2026-11-27T18:31:00Z", "ended": "2026-11-27T18:32:00Z", "pid": 14, "signal": "TERM"}
+        ]);
+        assert_eq!(
+            processes(&r),
+            "ID  STATUS        EXIT  STARTED               COMMAND\n\
+             1   running       -     2026-11-27T18:29:07Z  sh -c 'while :; do echo tick; sleep 0.2; done'\n\
+             2   exited        0     2026-11-27T18:30:00Z  true\n\
+             10  killed(TERM)  143   2026-11-27T18:31:00Z  sleep 99\n"
+        );
+        assert_eq!(processes(&json!([])), "ID  STATUS  EXIT  STARTED  COMMAND\n");
+        assert_eq!(process_line(&r[2]), "10  killed(TERM)  143  2026-11-27T18:31:00Z  sleep 99\n");
     }
 
     #[test]

@@ -8,10 +8,15 @@
 //! error is the one shown.
 //!
 //! `mod.rs` holds the commands and the run; `request.rs` builds each request,
-//! `conn.rs` speaks the wire, `human.rs` formats results for people.
+//! `conn.rs` speaks the wire, `human.rs` formats results for people. Commands of more
+//! than one request have modules of their own over `mux.rs` (many requests in flight on
+//! one connection): `cp/` (`berth cp`) and `procs.rs` (`logs --process`).
 
 mod conn;
+mod cp;
 mod human;
+mod mux;
+mod procs;
 mod request;
 
 use std::io::Write;
@@ -108,8 +113,13 @@ pub enum Command {
         #[arg(long)]
         purge: bool,
     },
-    /// Run a command in the project; output streams live; exits with its exit code.
+    /// Run a command in the project; output streams live; exits with its exit code. With
+    /// -d, start it in the background and print its process id instead.
     Exec {
+        /// Start the command as a background process and print its id (see ps, logs
+        /// --process, kill); berth returns at once.
+        #[arg(short = 'd', long, conflicts_with_all = ["timeout", "local", "tool", "no_stdin"])]
+        detach: bool,
         /// Working directory, absolute (default: /workspace).
         #[arg(long)]
         workdir: Option<String>,
@@ -134,13 +144,52 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
-    /// The container's log, then the project's recent execs.
+    /// The container's log, then the project's recent execs; or, with --process, a
+    /// background process's output (stdout to stdout, stderr to stderr, as raw bytes).
     Logs {
         /// Project name.
         name: String,
         /// Only the last N lines of the log (default: all).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", conflicts_with = "process")]
         tail: Option<u64>,
+        /// The output of this background process (see ps) instead of the container's log (default: the container's log).
+        #[arg(long, value_name = "ID")]
+        process: Option<u64>,
+        /// With --process: keep following the output until the process ends.
+        #[arg(short = 'f', long, requires = "process")]
+        follow: bool,
+    },
+    /// The project's background processes (started by exec -d).
+    Ps {
+        /// Project name.
+        name: String,
+    },
+    /// Signal a background process and its whole tree; prints it once it ended.
+    Kill {
+        /// Project name.
+        name: String,
+        /// Process id, as exec -d printed it (see ps).
+        id: u64,
+        /// Signal: a name such as TERM, KILL, INT, HUP, or a number (default: TERM).
+        #[arg(long, short = 's', value_name = "SIG")]
+        signal: Option<String>,
+        /// After a TERM-like signal, how long before the tree is killed, e.g. 2s (default: the daemon's, 5s).
+        #[arg(long, value_name = "DUR")]
+        grace: Option<String>,
+    },
+    /// Copy files and directories between the host and a project, like docker cp.
+    #[command(long_about = CP_HELP)]
+    Cp {
+        /// Follow SRC if it is a symlink (default: copy the symlink itself).
+        #[arg(short = 'L', long)]
+        follow_link: bool,
+        /// No progress on stderr (default: shown for transfers over 4 MiB when stderr is a terminal).
+        #[arg(short, long)]
+        quiet: bool,
+        /// What to copy: NAME:PATH, a host path, or - for a tar stream on stdin.
+        src: String,
+        /// Where to: NAME:PATH, a host path, or - for a tar stream on stdout.
+        dst: String,
     },
     /// Host path of the workspace.
     Path {
@@ -160,6 +209,33 @@ pub enum Command {
     },
 }
 
+const CP_HELP: &str = "\
+Copy files and directories between the host and a project's container, like docker cp.
+
+One side is NAME:PATH, a path in the project's container: absolute, or relative to
+/workspace (NAME: alone is /workspace). The other is a host path, or -:
+  berth cp FILE|DIR NAME:PATH     host to container
+  berth cp NAME:PATH FILE|DIR     container to host
+  berth cp - NAME:DIR             extract a tar stream read from stdin into DIR
+  berth cp NAME:PATH -            write a tar stream of PATH to stdout
+
+Where the copy lands (as docker cp):
+  - a file onto an existing directory goes inside it, under its own name; onto a file
+    replaces it; onto a missing path becomes it (its directory must exist);
+  - a directory onto an existing directory goes inside it, under its own name; onto a
+    missing path becomes it; SRC/. copies a directory's contents instead;
+  - a DST ending in / must be an existing directory (for a file source).
+
+Modes are kept; on the host, so are mtimes. Symlinks stay symlinks from the container to
+the host and into a tar stream. Into a container there is no way to make a symlink yet:
+each one is skipped with a warning naming it (-L follows a symlink SRC itself). Special
+files are skipped likewise.
+
+Files travel in chunks, several at once, so memory stays small whatever their size.
+Progress is shown on stderr when it is a terminal and the copy is over 4 MiB (-q: never).
+With --json, a summary is printed: {files, dirs, symlinks, bytes, skipped}.
+Exit code: 0, 1 on an error (which names the path), 2 on a usage error.";
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Mcp = cli.command {
@@ -169,7 +245,13 @@ pub fn main() -> ExitCode {
         clap_complete::aot::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // A copy encodes and decodes chunks on one core while the connection is served on
+    // the other; everything else is one request and needs one thread.
+    let rt = match &cli.command {
+        Command::Cp { .. } => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
@@ -187,14 +269,29 @@ fn fail(msg: &str) -> ExitCode {
 
 /// The exit code for a daemon error: a bad argument is a usage error wherever it is found.
 fn error_exit_code(err: &Value) -> u8 {
-    match err["data"]["kind"].as_str() {
-        Some("invalid_params" | "invalid_name") => USAGE,
+    error_exit_code_of(err["data"]["kind"].as_str().unwrap_or(""))
+}
+
+fn error_exit_code_of(kind: &str) -> u8 {
+    match kind {
+        "invalid_params" | "invalid_name" => USAGE,
         _ => 1,
     }
 }
 
 async fn run(cli: Cli) -> ExitCode {
     let socket = config::resolve_socket(cli.socket.as_deref(), None);
+    match &cli.command {
+        Command::Cp { follow_link, quiet, src, dst } => {
+            let o =
+                cp::Options { src: src.clone(), dst: dst.clone(), follow: *follow_link, quiet: *quiet, json: cli.json };
+            return cp::run(&socket, o).await;
+        }
+        Command::Logs { name, process: Some(id), follow, .. } => {
+            return procs::logs(&socket, name, *id, *follow, cli.json).await;
+        }
+        _ => {}
+    }
     let (method, mut params) = match request::request_for(&cli.command) {
         Ok(Some(r)) => r,
         Ok(None) => return ExitCode::SUCCESS,
@@ -204,7 +301,7 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&format!("cannot connect to berthd at {}: {e}", socket.display())),
     };
-    let is_exec = matches!(cli.command, Command::Exec { .. });
+    let is_exec = matches!(cli.command, Command::Exec { detach: false, .. });
     // With --json, exec's output comes back inside the one JSON document instead of
     // streaming to berth's stdout and stderr.
     if is_exec && cli.json {
@@ -215,7 +312,7 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(Err(err)) => return fail_with(error_exit_code(&err), err["message"].as_str().unwrap_or("unknown error")),
         Err(e) => return fail(&format!("connection to berthd failed: {e}")),
     };
-    if let Command::Exec { name, .. } = &cli.command {
+    if let Command::Exec { name, detach: false, .. } = &cli.command {
         return finish_exec(name, &result, cli.json);
     }
     if cli.json {
@@ -239,7 +336,10 @@ fn human_output(cmd: &Command, r: &Value) -> String {
         Command::Path { .. } => format!("{}\n", r["path"].as_str().unwrap_or("-")),
         Command::Reconcile => human::reconcile(r),
         Command::ArchiveStale => human::archive_stale(r),
-        Command::Exec { .. } | Command::Completions { .. } | Command::Mcp => String::new(),
+        Command::Exec { detach: true, .. } => format!("{}\n", human::s(&r["id"])),
+        Command::Ps { .. } => human::processes(r),
+        Command::Kill { .. } => human::process_line(r),
+        Command::Exec { .. } | Command::Cp { .. } | Command::Completions { .. } | Command::Mcp => String::new(),
     }
 }
 

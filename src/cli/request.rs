@@ -57,7 +57,7 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
         Command::Start { name } => ("project.start", json!({"name": name})),
         Command::Stop { name } => ("project.stop", json!({"name": name})),
         Command::Rm { name, purge } => ("project.delete", json!({"name": name, "purge": purge})),
-        Command::Logs { name, tail } => {
+        Command::Logs { name, tail, .. } => {
             let mut p = json!({"name": name});
             put(&mut p, "tail", tail.map(|t| json!(t)));
             ("project.logs", p)
@@ -65,7 +65,22 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
         Command::Path { name } => ("project.path", json!({"name": name})),
         Command::Reconcile => ("janitor.reconcile", json!({})),
         Command::ArchiveStale => ("janitor.archive_stale", json!({})),
-        Command::Exec { workdir, env, timeout, local, tool, no_stdin, name, command } => {
+        Command::Exec { detach: true, workdir, env, name, command, .. } => {
+            let mut p = json!({"name": name, "command": command});
+            put(&mut p, "workdir", workdir.as_ref().map(|v| json!(v)));
+            if !env.is_empty() {
+                p["env"] = json!(pairs(env, '=', "env (want K=V)")?);
+            }
+            ("process.spawn", p)
+        }
+        Command::Ps { name } => ("process.list", json!({"name": name})),
+        Command::Kill { name, id, signal, grace } => {
+            let mut p = json!({"name": name, "id": id});
+            put(&mut p, "signal", signal.as_ref().map(|v| json!(v)));
+            put(&mut p, "grace", grace.as_ref().map(|v| json!(v)));
+            ("process.kill", p)
+        }
+        Command::Exec { detach: false, workdir, env, timeout, local, tool, no_stdin, name, command } => {
             let mut p = json!({"name": name, "command": command, "stream": true});
             put(&mut p, "workdir", workdir.as_ref().map(|v| json!(v)));
             if !env.is_empty() {
@@ -88,6 +103,7 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
             }
             ("project.exec", p)
         }
-        Command::Completions { .. } | Command::Mcp => return Ok(None),
+        // Several requests each: run by their own modules.
+        Command::Completions { .. } | Command::Cp { .. } | Command::Mcp => return Ok(None),
     }))
 }
