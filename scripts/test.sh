@@ -17,7 +17,7 @@ venv=${BERTH_VENV:-target/py-venv}
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" || { echo "test.sh: cannot make a venv (apt-get install python3-venv)" >&2; exit 1; }
 fi
-"$venv/bin/pip" install -q pytest ./clients/python || { echo "test.sh: pip install failed" >&2; exit 1; }
+"$venv/bin/pip" install -q pytest mcp ./clients/python || { echo "test.sh: pip install failed" >&2; exit 1; }
 cargo build -q --bin berthd || exit 1
 BERTHD_BIN="$PWD/target/debug/berthd" "$venv/bin/python" -m pytest -q clients/python/tests || status=1
 exit $status

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod files;
+pub mod mcp;
 pub mod model;
 pub mod runtime;
 pub mod store;

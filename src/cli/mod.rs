@@ -200,6 +200,8 @@ pub enum Command {
     Reconcile,
     /// Run the janitor's stale-archive now; prints the archived names.
     ArchiveStale,
+    /// Serve the Model Context Protocol on stdio (for AI agents), as a client of berthd.
+    Mcp,
     /// Print a shell completion script, e.g. `berth completions bash > /etc/bash_completion.d/berth`.
     Completions {
         /// The shell to complete for.
@@ -236,6 +238,9 @@ Exit code: 0, 1 on an error (which names the path), 2 on a usage error.";
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Mcp = cli.command {
+        return crate::mcp::main(cli.socket.as_deref());
+    }
     if let Command::Completions { shell } = cli.command {
         clap_complete::aot::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
         return ExitCode::SUCCESS;
@@ -334,7 +339,7 @@ fn human_output(cmd: &Command, r: &Value) -> String {
         Command::Exec { detach: true, .. } => format!("{}\n", human::s(&r["id"])),
         Command::Ps { .. } => human::processes(r),
         Command::Kill { .. } => human::process_line(r),
-        Command::Exec { .. } | Command::Cp { .. } | Command::Completions { .. } => String::new(),
+        Command::Exec { .. } | Command::Cp { .. } | Command::Completions { .. } | Command::Mcp => String::new(),
     }
 }
 

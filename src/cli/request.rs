@@ -104,6 +104,6 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
             ("project.exec", p)
         }
         // Several requests each: run by their own modules.
-        Command::Completions { .. } | Command::Cp { .. } => return Ok(None),
+        Command::Completions { .. } | Command::Cp { .. } | Command::Mcp => return Ok(None),
     }))
 }
