@@ -174,6 +174,16 @@ fn bad_paths_and_params_get_the_right_error_and_change_nothing_in_a_container() 
     let name = d.name("badfs");
     d.ok("project.create", json!({"name": name}));
     bad_calls_change_nothing(&d, &name);
+    // Mount points, and trees that hold them, are never emptied: the workspace, berth's
+    // own run dir (the agent's socket), the root.
+    for path in ["/workspace", "/workspace/", "/.berth", "/.berth/run", "/", "/tmp/.."] {
+        let r = d.rpc("fs.remove", json!({"name": name, "path": path, "recursive": true}));
+        assert_eq!(r["error"]["data"]["kind"], "invalid_params", "{path}: {r}");
+    }
+    assert_eq!(d.ok("fs.read", json!({"name": name, "path": "t/file"}))["data"], "keep");
+    let r = d.ok("project.exec", json!({"name": name, "command": ["ls", "/.berth/run"]}));
+    assert_eq!(r["path"], "agent", "{r}");
+    assert!(r["stdout"].as_str().unwrap().lines().any(|l| l == "agent.sock"), "{r}");
 }
 
 #[test]
@@ -264,7 +274,8 @@ fn a_symlink_out_of_the_workspace_is_refused_on_the_host() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("keep"), "outside").unwrap();
     std::os::unix::fs::symlink(outside.path(), ws.join("out")).unwrap();
-    std::fs::create_dir(ws.join("in")).unwrap();
+    // (Made through berth, so that it belongs to the user host files are made as.)
+    d.ok("fs.mkdir", json!({"name": name, "path": "in"}));
     std::os::unix::fs::symlink("in", ws.join("alias")).unwrap();
     for (m, p) in [
         ("fs.read", json!({"name": name, "path": "out/keep"})),

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use common::*;
 use serde_json::{json, Value};
 
@@ -158,7 +159,10 @@ fn wait_times_out_and_input_reaches_stdin() {
     let w = d.ok("process.wait", json!({"name": name, "id": id}));
     assert_eq!((w["running"].clone(), w["exit_code"].clone()), (json!(false), json!(0)), "{w}");
     let o = d.ok("process.output", json!({"name": name, "id": id}));
-    assert_eq!(o["stdout"], "got hello\n\u{0}\u{1}\u{2}", "{o}");
+    // Control bytes make the text travel as base64.
+    assert_eq!(o["stdout_encoding"], "base64", "{o}");
+    let out = base64::engine::general_purpose::STANDARD.decode(o["stdout"].as_str().unwrap()).unwrap();
+    assert_eq!(out, b"got hello\n\x00\x01\x02", "{o}");
     // Its stdin is closed now.
     let r = d.rpc("process.input", json!({"name": name, "id": id, "data": "late"}));
     assert_eq!(r["error"]["data"]["kind"], "invalid_params", "{r}");
@@ -215,6 +219,29 @@ fn bad_process_requests_get_the_right_error() {
 }
 
 #[test]
+fn a_spawn_too_large_for_the_agent_is_refused_and_hurts_nothing_else() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let name = d.name("bigspawn");
+    d.ok("project.create", json!({"name": name}));
+    let mut running = d.running_exec(&name, "sleep 2; echo finished");
+    // Many small variables: the agent frame grows past what one frame holds while the
+    // request stays under server.max_line.
+    let env: serde_json::Map<String, Value> = (0..85_000).map(|i| (format!("K{i:05}"), json!(""))).collect();
+    let r = d.rpc("process.spawn", json!({"name": name, "command": ["true"], "env": env}));
+    assert_eq!(r["error"]["data"]["kind"], "invalid_params", "{}", &r.to_string()[..300.min(r.to_string().len())]);
+    assert!(r["error"]["message"].as_str().unwrap().contains("bytes"), "{}", r["error"]);
+    // The exec that was running is still running, on the same agent connection.
+    let p = d.ok("process.spawn", json!({"name": name, "command": ["sh", "-c", "echo ok"]}));
+    assert_eq!(d.ok("process.wait", json!({"name": name, "id": p["id"]}))["exit_code"], 0);
+    let (r, notes) = running.read_response();
+    assert_eq!(r["result"]["exit_code"], 0, "the running exec was hurt: {r}");
+    assert!(notes.iter().any(|n| n["params"]["data"] == "finished\n"), "{notes:?}");
+}
+
+#[test]
 fn projects_on_the_host_say_why_they_have_no_background_processes() {
     if !docker_available() {
         return;
@@ -227,6 +254,13 @@ fn projects_on_the_host_say_why_they_have_no_background_processes() {
     let r = d.rpc("process.spawn", json!({"name": name, "command": ["sleep", "1"]}));
     assert_eq!(r["error"]["data"]["kind"], "runtime_unavailable", "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("berth-agent"), "{r}");
+    for (m, p) in [
+        ("process.list", json!({"name": name})),
+        ("process.wait", json!({"name": name, "id": 1, "timeout": "1s"})),
+        ("process.kill", json!({"name": name, "id": 1})),
+    ] {
+        assert_eq!(d.err_kind(m, p.clone()), "runtime_unavailable", "{m} {p}");
+    }
 }
 
 #[test]

@@ -23,7 +23,7 @@ use crate::sys;
 
 /// How long output is still read after the command's main process exited, for whatever
 /// background processes it left holding its pipes.
-const DRAIN: Duration = Duration::from_millis(200);
+pub(crate) const DRAIN: Duration = Duration::from_millis(200);
 
 /// What the connection (or the reaper) tells a running command.
 #[derive(Debug)]
@@ -45,10 +45,26 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// A handle and the receiving end its pump reads.
+    pub fn new() -> io::Result<(Handle, Receiver<Msg>)> {
+        let (tx, rx) = mpsc::channel();
+        Ok((Handle { tx, wake: Arc::new(sys::eventfd()?) }, rx))
+    }
+
     pub fn send(&self, m: Msg) {
         if self.tx.send(m).is_ok() {
             sys::eventfd_signal(&self.wake);
         }
+    }
+
+    /// Wakes the pump without a message (it has something else to look at).
+    pub fn wake(&self) {
+        sys::eventfd_signal(&self.wake);
+    }
+
+    /// The eventfd the pump polls (and drains) to learn of messages.
+    pub fn waker(&self) -> Arc<OwnedFd> {
+        self.wake.clone()
     }
 }
 
@@ -58,8 +74,7 @@ pub type BaseEnv = Arc<Vec<(OsString, OsString)>>;
 /// Starts a command's pump (which first gives the command to a shim). `done` runs once the command is over,
 /// just before its final frame is queued.
 pub fn start(s: Start, env: BaseEnv, out: Outbox, done: Box<dyn FnOnce() + Send>) -> io::Result<Handle> {
-    let (tx, rx) = mpsc::channel();
-    let handle = Handle { tx, wake: Arc::new(sys::eventfd()?) };
+    let (handle, rx) = Handle::new()?;
     let h = handle.clone();
     thread::Builder::new().name(format!("cmd-{}", s.id)).spawn(move || {
         let id = s.id;
@@ -103,8 +118,8 @@ fn launch_message(s: &Start, env: &[(OsString, OsString)]) -> Result<Launch, Str
 }
 
 /// Creates the command's pipes and gives the command to a shim: the idle one if it is
-/// alive to take it, else a fresh one.
-fn launch(s: &Start, env: &[(OsString, OsString)], h: &Handle) -> Result<Fds, (FailReason, String)> {
+/// alive to take it, else a fresh one. The shim is registered with `init` under `h`.
+pub(crate) fn launch(s: &Start, env: &[(OsString, OsString)], h: &Handle) -> Result<Fds, (FailReason, String)> {
     let other = |m: String| (FailReason::Other, m);
     let io = |what: &'static str| move |e: io::Error| (FailReason::Other, format!("{what}: {e}"));
     let msg = launch_message(s, env).map_err(other)?;
@@ -139,13 +154,14 @@ fn launch(s: &Start, env: &[(OsString, OsString)], h: &Handle) -> Result<Fds, (F
     Ok(Fds { stdout: out_r, stderr: err_r, stdin: stdin_w, ctl, shim })
 }
 
-/// The agent's ends of a running command's pipes and control channel.
-struct Fds {
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    stdin: Option<OwnedFd>,
-    ctl: OwnedFd,
-    shim: sys::pid_t,
+/// The agent's ends of a running command's pipes and control channel (all
+/// non-blocking).
+pub(crate) struct Fds {
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub stdin: Option<OwnedFd>,
+    pub ctl: OwnedFd,
+    pub shim: sys::pid_t,
 }
 
 struct Pump {
@@ -300,7 +316,7 @@ impl Pump {
             Ok(n) => match FromShim::decode(&buf[..n]) {
                 Some(FromShim::Exited { code, signal }) => self.exit = Some((code, signal)),
                 Some(FromShim::Failed(reason, message)) => self.failed = Some((reason, message)),
-                None => {}
+                Some(FromShim::Started { .. }) | None => {}
             },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => self.ctl = None,

@@ -2,19 +2,26 @@
 //! frames and routes them to commands by id, and one writer thread that alone writes the
 //! socket, so frames never interleave. Owns the connection's id table; when the
 //! connection ends, for whatever reason, every command started on it is killed.
+//! Calls (file calls, background processes) take ids from the same table; each gets a
+//! `Reply`, through which its one answer is queued whenever it is ready. File calls run on
+//! the connection's call workers (`pool`); process calls are handed to `procs`, which
+//! answers at once or from the process's pump. The reader thread itself never blocks on
+//! either. Background processes outlive the connection.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
-use berth_wire::{read_frame, FailReason, Frame, Start, MAX_FRAME, VERSION};
+use berth_wire::{read_frame, FailReason, Frame, RefusedKind, Start, MAX_FRAME, VERSION};
 
 use crate::command::{self, BaseEnv, Handle, Msg};
-use crate::sys;
+use crate::pool::Pool;
+use crate::{fs, procs, sys};
 
 /// What the writer thread is asked to do.
 pub enum Out {
@@ -25,6 +32,34 @@ pub enum Out {
 }
 
 pub type Outbox = Sender<Out>;
+
+/// Where a call's answer goes: the call's id on its connection. Cheap to clone; sending
+/// never blocks (after the connection ended, what is sent is dropped).
+#[derive(Clone)]
+pub struct Reply {
+    id: u32,
+    out: Outbox,
+    gone: Arc<AtomicBool>,
+}
+
+impl Reply {
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn send(&self, f: Frame) {
+        let _ = self.out.send(Out::Frame(f.to_bytes()));
+    }
+
+    pub fn refuse(&self, kind: RefusedKind, message: String) {
+        self.send(Frame::Refused { id: self.id, kind, message });
+    }
+
+    /// Whether the connection has ended (nobody will read the answer).
+    pub fn gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+}
 
 struct Running {
     handle: Handle,
@@ -51,6 +86,8 @@ struct Conn {
     out: Outbox,
     ids: Arc<Mutex<Ids>>,
     env: BaseEnv,
+    calls: Pool,
+    gone: Arc<AtomicBool>,
 }
 
 /// Serves one connection until it ends.
@@ -60,7 +97,7 @@ pub fn serve(stream: UnixStream, env: BaseEnv) {
     if thread::Builder::new().name("writer".into()).spawn(move || write_loop(w, rx)).is_err() {
         return;
     }
-    let conn = Conn { out, ids: Default::default(), env };
+    let conn = Conn { out, ids: Default::default(), env, calls: Pool::default(), gone: Default::default() };
     conn.frame(Frame::Hello { version: VERSION, pid: sys::getpid() as u32 });
     let mut r = BufReader::with_capacity(64 * 1024, stream);
     let end: Result<(), End> = conn.handshake(&mut r).and_then(|()| loop {
@@ -70,6 +107,8 @@ pub fn serve(stream: UnixStream, env: BaseEnv) {
         conn.frame(Frame::Error { message });
     }
     let _ = conn.out.send(Out::Close);
+    conn.gone.store(true, Ordering::Relaxed);
+    conn.calls.close();
     for r in conn.ids().running.values() {
         r.handle.send(Msg::Kill);
     }
@@ -121,8 +160,74 @@ impl Conn {
                 Ok(())
             }
             Frame::Error { .. } => Err(End::Gone),
+            f @ (Frame::FsRead { .. }
+            | Frame::FsWrite { .. }
+            | Frame::FsList { .. }
+            | Frame::FsStat { .. }
+            | Frame::FsRemove { .. }
+            | Frame::FsMkdir { .. }) => self.file_call(f),
+            Frame::Spawn { start, keep } => {
+                let reply = self.call(start.id)?;
+                procs::spawn(start, keep, self.env.clone(), reply);
+                Ok(())
+            }
+            Frame::ProcList { id } => {
+                procs::list(&self.call(id)?);
+                Ok(())
+            }
+            Frame::ProcOutput { id, proc, stdout_offset, stderr_offset, limit, wait_ms } => {
+                procs::output(&self.call(id)?, proc, [stdout_offset, stderr_offset], limit, wait_ms);
+                Ok(())
+            }
+            Frame::ProcWait { id, proc, timeout_ms } => {
+                procs::wait(&self.call(id)?, proc, timeout_ms);
+                Ok(())
+            }
+            Frame::ProcKill { id, proc, signal, grace_ms } => {
+                procs::kill(&self.call(id)?, proc, signal, grace_ms);
+                Ok(())
+            }
+            Frame::ProcInput { id, proc, data, close } => {
+                procs::input(&self.call(id)?, proc, data, close);
+                Ok(())
+            }
             other => Err(End::Protocol(format!("unexpected {} from berthd", other.kind_name()))),
         }
+    }
+
+    /// Takes `id` for a call. Calls are not remembered once answered (berthd sends no
+    /// frame about a call after the call itself), so a connection that lives for a
+    /// container's lifetime and makes millions of calls keeps no record of them.
+    fn call(&self, id: u32) -> Result<Reply, End> {
+        let ids = self.ids();
+        if ids.running.contains_key(&id) || ids.finished.contains(&id) {
+            return Err(End::Protocol(format!("duplicate id {id} (a command's)")));
+        }
+        Ok(Reply { id, out: self.out.clone(), gone: self.gone.clone() })
+    }
+
+    /// Queues a file call on the call workers.
+    fn file_call(&self, f: Frame) -> Result<(), End> {
+        let (key, bytes) = match &f {
+            Frame::FsWrite { path, data, .. } => (path.clone(), data.len() + path.len()),
+            Frame::FsRead { path, .. }
+            | Frame::FsList { path, .. }
+            | Frame::FsStat { path, .. }
+            | Frame::FsRemove { path, .. }
+            | Frame::FsMkdir { path, .. } => (path.clone(), path.len()),
+            _ => (Vec::new(), 0),
+        };
+        let reply = self.call(f.id().unwrap_or(0))?;
+        let r = reply.clone();
+        let job = Box::new(move || {
+            for answer in fs::answer(f) {
+                r.send(answer);
+            }
+        });
+        if let Err(message) = self.calls.submit(key, bytes, job) {
+            reply.refuse(RefusedKind::Busy, message);
+        }
+        Ok(())
     }
 
     fn start(&self, s: Start) -> Result<(), End> {

@@ -2,7 +2,7 @@
 //! shim's descriptor 3. First the agent sends the command to run (`Launch`, with the
 //! command's stdin, stdout and stderr attached) and the shim confirms it has it; after
 //! that, one message a packet: the agent asks (kill the tree, forward a signal, release);
-//! the shim tells (could not start, the command exited). Both ends are the same binary,
+//! the shim tells (could not start, started with this pid, the command exited). Both ends are the same binary,
 //! so this format is no protocol anyone else speaks.
 
 use std::ffi::CString;
@@ -29,7 +29,14 @@ pub enum ToShim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromShim {
     Failed(FailReason, String),
-    Exited { code: i32, signal: i32 },
+    /// The command is running, as this pid (sent before its `Exited`).
+    Started {
+        pid: i32,
+    },
+    Exited {
+        code: i32,
+        signal: i32,
+    },
 }
 
 impl ToShim {
@@ -70,6 +77,11 @@ impl FromShim {
                 v.extend_from_slice(&message.as_bytes()[..floor_char_boundary(message, 2048)]);
                 v
             }
+            FromShim::Started { pid } => {
+                let mut v = vec![b'P'];
+                v.extend_from_slice(&pid.to_le_bytes());
+                v
+            }
             FromShim::Exited { code, signal } => {
                 let mut v = vec![b'X'];
                 v.extend_from_slice(&code.to_le_bytes());
@@ -90,6 +102,7 @@ impl FromShim {
                 };
                 Some(FromShim::Failed(reason, String::from_utf8_lossy(msg).into_owned()))
             }
+            [b'P', pid @ ..] => Some(FromShim::Started { pid: i32::from_le_bytes(pid.try_into().ok()?) }),
             [b'X', rest @ ..] if rest.len() == 8 => Some(FromShim::Exited {
                 code: i32::from_le_bytes(rest[..4].try_into().ok()?),
                 signal: i32::from_le_bytes(rest[4..].try_into().ok()?),
@@ -191,6 +204,7 @@ mod tests {
         for m in [
             FromShim::Exited { code: 255, signal: 0 },
             FromShim::Exited { code: 0, signal: 9 },
+            FromShim::Started { pid: 4_194_304 },
             FromShim::Failed(FailReason::NotFound, "nope: no such file".into()),
             FromShim::Failed(FailReason::NotExecutable, String::new()),
             FromShim::Failed(FailReason::BadWorkdir, "é".repeat(3000)),
@@ -213,6 +227,7 @@ mod tests {
         assert_eq!(Launch::decode(b"\x02\0\0\0/\0ls\0"), None);
         assert_eq!(ToShim::decode(b"S12"), None);
         assert_eq!(FromShim::decode(b"X1234"), None);
+        assert_eq!(FromShim::decode(b"P12"), None);
         assert_eq!(FromShim::decode(b""), None);
     }
 

@@ -1,10 +1,13 @@
 //! PID 1 duties, done the same way when the agent is a plain process: the registry of live
-//! shims (pid → command), the pool of one idle shim kept ready for the next command (and
+//! shims (pid → the pump of the command or background process it runs), the pool of one idle shim kept ready for the next command (and
 //! the thread that refills it), and the one signal thread that reaps every child
 //! (dispatching shim statuses by pid, replacing an idle shim that died, dropping
 //! orphans'), forwards SIGHUP/SIGUSR1/SIGUSR2/SIGWINCH to every command's tree (never to
 //! the idle shim, which has none), and on SIGTERM/SIGINT/SIGQUIT kills every tree and the
-//! idle shim and exits 0. Nothing else in the agent calls `waitpid`.
+//! idle shim and exits 0. A background process's shim is registered like a command's
+//! (both go through `command::launch`), so all of this holds for it too: its status goes
+//! to its pump, signals reach its tree, and shutdown kills it. Nothing else in the agent
+//! calls `waitpid`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -32,7 +35,8 @@ const FORWARD: [libc::c_int; 4] = [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2, l
 
 #[derive(Default)]
 struct Registry {
-    /// Every unreaped shim, with the command it runs (`None`: idle, or given up on).
+    /// Every unreaped shim, with the pump of the command or background process it runs
+    /// (`None`: idle, or given up on).
     shims: HashMap<pid_t, Option<Handle>>,
     /// The idle shim and the agent's end of its control channel.
     idle: Option<(pid_t, OwnedFd)>,

@@ -9,11 +9,16 @@
 //! Code map: `server` listens, `conn` speaks one connection, `command` pumps one
 //! command's bytes, `shim` is the per-command process, `ctl` the agent–shim channel,
 //! `init` the PID 1 duties (reaping, signals), `proctree` walks `/proc`, `sys` wraps libc.
+//! Calls: `fs` does the file calls, on a connection's call workers (`pool`); `procs` owns
+//! the agent-wide table of background processes (launched like commands, one pump each).
 
 mod command;
 mod conn;
 mod ctl;
+mod fs;
 mod init;
+mod pool;
+mod procs;
 mod proctree;
 mod server;
 mod shim;
@@ -80,6 +85,7 @@ fn run(socket: PathBuf) -> ! {
         eprintln!("berth-agent: {e}");
         process::exit(1)
     };
+    procs::set_run_dir(&socket);
     let listener = server::listen(&socket).unwrap_or_else(|e| fatal(e));
     init::spawn_signal_thread(signals, socket).unwrap_or_else(|e| fatal(e));
     init::spawn_pool_thread().unwrap_or_else(|e| fatal(e));

@@ -3,9 +3,9 @@
 //! waits on the control channel (descriptor 3, see `ctl`) for a `Launch`: the command,
 //! its full environment, its working directory and its descriptors 0–2 (its own 0–2 are
 //! `/dev/null`). It is a child subreaper from the start; it enters the working directory,
-//! spawns the command, and then waits for it: it alone reaps the command (so its status
-//! is never stolen) and every orphan the command leaves, and on request freezes and kills
-//! the whole tree. If the agent goes away while the shim is idle, the shim just exits.
+//! spawns the command, tells the agent its pid, and then waits for it: it alone reaps the
+//! command (so its status is never stolen) and every orphan the command leaves, and on
+//! request signals, or freezes and kills, the whole tree. If the agent goes away while the shim is idle, the shim just exits.
 //! This file also holds how the agent starts a shim (`spawn`).
 
 use std::ffi::{CStr, CString};
@@ -65,7 +65,10 @@ pub fn main() -> i32 {
             report(FromShim::Failed(reason, message));
             0
         }
-        Ok(main) => Shim { ctl, sigchld, main, status: None, reported: false }.run(),
+        Ok(main) => {
+            report(FromShim::Started { pid: main });
+            Shim { ctl, sigchld, main, status: None, reported: false }.run()
+        }
     }
 }
 
@@ -104,7 +107,7 @@ pub fn classify(e: &io::Error) -> FailReason {
 }
 
 /// An OS error's text without Rust's " (os error N)" suffix.
-fn plain(e: &io::Error) -> String {
+pub(crate) fn plain(e: &io::Error) -> String {
     let s = e.to_string();
     match s.find(" (os error") {
         Some(i) => s[..i].to_lowercase(),

@@ -1,6 +1,7 @@
 //! Thin, safe wrappers over the libc calls the agent and the shim need: pipes, sockets
 //! (and descriptors passed over them), poll, signals, `posix_spawn`, `waitpid`, the
-//! environment. Every `unsafe` block of the crate lives here (but the shim's adoption of
+//! environment, and for the file calls `fstatat`, `readlinkat` and directory listing.
+//! Every `unsafe` block of the crate lives here (but the shim's adoption of
 //! its descriptor 3); nothing here knows about commands or frames.
 //! Every descriptor created here is close-on-exec, so that one command's pipes never leak
 //! into another command's shim (the agent spawns shims from many threads at once).
@@ -419,4 +420,132 @@ pub fn spawn(
             Ok(pid)
         }
     }
+}
+
+/// What `fstatat` tells of an entry, as much as the file calls use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    /// The whole `st_mode`: type and permission bits.
+    pub mode: u32,
+    pub size: u64,
+    /// Modification time, milliseconds since the Unix epoch.
+    pub mtime_ms: i64,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileStat {
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+    pub fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+}
+
+/// `fstatat`: `path` relative to the directory `dir` (or the working directory when
+/// `None`); a final symlink is followed only with `follow`.
+pub fn fstatat(dir: Option<RawFd>, path: &CStr, follow: bool) -> io::Result<FileStat> {
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    // SAFETY: an all-zero `stat` is a valid value of the plain C struct, overwritten by
+    // the call.
+    let mut st: libc::stat = unsafe { mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; `st` is a
+    // writable `stat`; an invalid `dir` is an EBADF, not undefined behaviour.
+    cvt(unsafe { libc::fstatat(dir.unwrap_or(libc::AT_FDCWD), path.as_ptr(), &mut st, flags) })?;
+    Ok(FileStat::of(&st))
+}
+
+/// `fstat` of an open descriptor.
+pub fn fstat(fd: RawFd) -> io::Result<FileStat> {
+    // SAFETY: as in `fstatat`.
+    let mut st: libc::stat = unsafe { mem::zeroed() };
+    // SAFETY: `st` is a writable `stat`; a bad `fd` is an EBADF.
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(FileStat::of(&st))
+}
+
+impl FileStat {
+    fn of(st: &libc::stat) -> FileStat {
+        FileStat {
+            mode: st.st_mode,
+            size: st.st_size as u64,
+            // `st_mtime_nsec` is never negative: this rounds towards the past, as it should.
+            mtime_ms: st.st_mtime.saturating_mul(1000).saturating_add(st.st_mtime_nsec / 1_000_000),
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+}
+
+/// `readlinkat`: where the symlink `path` (relative to `dir`, or the working directory)
+/// points.
+pub fn readlinkat(dir: Option<RawFd>, path: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: `path` is NUL-terminated and outlives the call; the kernel writes at
+        // most `buf.len()` bytes into `buf`.
+        let r = unsafe {
+            libc::readlinkat(
+                dir.unwrap_or(libc::AT_FDCWD),
+                path.as_ptr(),
+                buf.as_mut_ptr() as *mut libc::c_char,
+                buf.len(),
+            )
+        };
+        let n = cvt_ssize(r)?;
+        if n < buf.len() {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        // Possibly cut: try again with more room (a target is at most PATH_MAX long).
+        if buf.len() > 64 * 1024 {
+            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        }
+        buf.resize(buf.len() * 4, 0);
+    }
+}
+
+/// The names in the open directory `dir`, in the order the file system gives them,
+/// without `.` and `..`. `dir` itself is left open (a duplicate is read and closed).
+pub fn read_dir_names(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own makes a new descriptor we own.
+    let dup = cvt(unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: `dup` is an open descriptor owned by nobody else; on success the stream
+    // owns it (closedir closes it), on failure we still do.
+    let stream = unsafe { libc::fdopendir(dup) };
+    if stream.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: `dup` is ours and not owned by a stream.
+        unsafe { libc::close(dup) };
+        return Err(e);
+    }
+    // The duplicate shares the file offset with `dir`: start from the beginning.
+    // SAFETY: `stream` is a valid directory stream.
+    unsafe { libc::rewinddir(stream) };
+    let mut names = Vec::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; setting it to 0 tells the end of the stream
+        // (null, errno still 0) from an error (null, errno set).
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `stream` is a valid directory stream used by this thread only.
+        let ent = unsafe { libc::readdir(stream) };
+        if ent.is_null() {
+            let e = io::Error::last_os_error();
+            break if e.raw_os_error().unwrap_or(0) == 0 { Ok(()) } else { Err(e) };
+        }
+        // SAFETY: a non-null `readdir` result points at a `dirent` whose `d_name` is
+        // NUL-terminated and valid until the next `readdir` on the stream; it is copied
+        // out before that.
+        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    };
+    // SAFETY: `stream` is valid and closed once; this also closes `dup`.
+    unsafe { libc::closedir(stream) };
+    result.map(|()| names)
 }

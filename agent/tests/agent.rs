@@ -557,20 +557,27 @@ fn an_idle_shim_killed_from_outside_is_replaced() {
 fn on_sigterm_no_shim_is_left() {
     let mut agent = Agent::start();
     let mut c = agent.connect();
-    assert_eq!(c.run(1, &["true"]).exited(), (0, 0));
+    // A finished command's shim is released, and exits and is reaped in its own time
+    // (the `Exited` frame does not wait for it): wait for that, so that just two are left.
+    let done = shim_of(&mut c, 1);
+    assert!(
+        wait_until(Duration::from_secs(10), || !processes().iter().any(|&(p, _, pp)| p == done && pp == agent.pid())),
+        "the shim of a finished command was never reaped"
+    );
     c.start(2, &["sleep", "1012"]);
     assert!(wait_until(Duration::from_secs(10), || find_under(agent.pid(), &["sleep", "1012"]).len() == 1));
     let idle = idle_shim(agent.pid());
-    let shims: Vec<i32> = processes()
+    let shims: Vec<(i32, u64)> = processes()
         .into_iter()
         .filter(|&(p, _, pp)| pp == agent.pid() && comm(p) == "berth-shim")
-        .map(|p| p.0)
+        .filter_map(|(p, _, _)| Some((p, start_time(p)?)))
         .collect();
-    assert!(shims.len() == 2 && shims.contains(&idle), "{shims:?}");
+    assert!(shims.len() == 2 && shims.iter().any(|&(p, _)| p == idle), "{shims:?}");
     unsafe { libc::kill(agent.pid(), libc::SIGTERM) };
     assert!(wait_until(Duration::from_secs(5), || agent.child.try_wait().unwrap().is_some()));
-    // The agent reaped them before it exited: not even zombies are left.
-    let left: Vec<i32> = shims.into_iter().filter(|&p| fs::metadata(format!("/proc/{p}")).is_ok()).collect();
+    // The agent reaped them before it exited: not even zombies are left. (A pid may have
+    // been reused since; the start time tells the shim from a newcomer.)
+    let left: Vec<(i32, u64)> = shims.into_iter().filter(|&(p, t)| start_time(p) == Some(t)).collect();
     assert!(left.is_empty(), "shims left: {left:?}");
 }
 

@@ -737,17 +737,23 @@ impl Actor for ProjectActor {
 
 impl ProjectState {
     /// Whether the container's agent holds a running background process (a dev server
-    /// left running is activity: idle-stop leaves the project alone). An agent that does
-    /// not answer within a moment has none to speak of.
+    /// left running is activity: idle-stop leaves the project alone). A container without
+    /// the agent has none; an agent that cannot be asked (slow engine, no answer in time)
+    /// counts as having one, so a doubt never stops a project.
     async fn has_running_processes(&self) -> bool {
+        let docker = &self.ctx.runtimes.docker;
         let check = async {
-            let agent = self.ctx.runtimes.docker.agent(&self.name).await.ok()?;
-            agent.proc_list(PROCESS_CHECK).await.ok()
+            match docker.inspect(&self.name).await {
+                Ok(Some(info)) if info.running && info.agent => {}
+                Ok(_) => return false,
+                Err(_) => return true,
+            }
+            match docker.agent(&self.name).await {
+                Ok(agent) => agent.proc_list(PROCESS_CHECK).await.map(|p| p.iter().any(|p| p.running)).unwrap_or(true),
+                Err(_) => true,
+            }
         };
-        match tokio::time::timeout(PROCESS_CHECK, check).await {
-            Ok(Some(procs)) => procs.iter().any(|p| p.running),
-            _ => false,
-        }
+        tokio::time::timeout(PROCESS_CHECK, check).await.unwrap_or(true)
     }
 }
 

@@ -446,6 +446,8 @@ impl Service {
 
 /// How long one call to a project's agent may take (besides any wait it asks for).
 const AGENT_CALL: Duration = Duration::from_secs(60);
+/// The most output the agent keeps per stream of a background process.
+const PROCESS_KEEP_MAX: u64 = 16 << 20;
 /// How long one `process.output` follow or `process.wait` round waits at the agent.
 const WAIT_ROUND: Duration = Duration::from_secs(30);
 
@@ -461,23 +463,13 @@ impl Service {
         let path = call.path().clone();
         let listing = matches!(call, FsCall::List { .. });
         let writing = matches!(call, FsCall::Write { .. });
-        let reply = runtime.fs(&name, &lease.project.path, call, AGENT_CALL).await?;
+        // Data read is held (reserved before each piece is read) until the response is
+        // written, like exec output.
+        let mut hold = self.ctx.budget.reserve(0);
+        let reply = runtime.fs(&name, &lease.project.path, call, AGENT_CALL, &mut hold).await?;
         drop(lease);
         Ok(match reply {
-            FsReply::Data { data, size, eof } => {
-                // The data is held until the response is written, like exec output.
-                let hold = self.ctx.budget.reserve(data.len());
-                if hold.len() < data.len() {
-                    return Err(Error::new(
-                        ErrorKind::Busy,
-                        format!(
-                            "reading {path}: berthd's output buffers (server.max_buffered) are full; try again, \
-                             or read less at a time with limit"
-                        ),
-                    ));
-                }
-                Answer { result: protocol::read_json(&path, &data, size, eof), hold }
-            }
+            FsReply::Data { data, size, eof } => Answer { result: protocol::read_json(&path, &data, size, eof), hold },
             FsReply::Entries(entries) if listing => {
                 Value::Array(entries.iter().map(protocol::entry_json).collect()).into()
             }
@@ -507,13 +499,24 @@ impl Service {
                 argv,
                 workdir: workdir.map(|w| w.as_str().to_string()).unwrap_or_else(|| WORKSPACE_IN_CONTAINER.into()),
                 stdin,
-                keep: self.ctx.config.exec.max_output.0.min(u64::from(u32::MAX)) as u32,
+                keep: self.ctx.config.exec.max_output.0.min(PROCESS_KEEP_MAX) as u32,
             };
             let info = agent.spawn(spec, AGENT_CALL).await?;
             return Ok(protocol::process_json(&name, &info));
         }
         // Everything else is about processes that exist: nothing is started for them.
         let p = self.row(&name).await?;
+        let rt = &self.ctx.runtimes;
+        if !rt.docker_available() && !rt.docker.agent_connected(&name) {
+            // The project runs on the host now, or nowhere: either way no agent to ask.
+            return Err(Error::new(
+                ErrorKind::RuntimeUnavailable,
+                format!(
+                    "no container engine answers, and the background processes of project {name} are held by its \
+                     container's berth-agent"
+                ),
+            ));
+        }
         let no_container = p.status != Status::Running;
         let agent = match no_container {
             true => None,

@@ -47,6 +47,17 @@ impl std::fmt::Display for FsPath {
     }
 }
 
+/// The error of a read that finds berthd's output budget (`server.max_buffered`) full.
+pub fn budget_full(path: &FsPath) -> crate::error::Error {
+    crate::error::Error::new(
+        crate::error::ErrorKind::Busy,
+        format!(
+            "reading {path}: berthd's output buffers (server.max_buffered) are full; try again, or read less at \
+             a time with limit"
+        ),
+    )
+}
+
 /// Where a write goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteAt {

@@ -73,11 +73,20 @@ impl Runtime for LocalRuntime {
         workspace: &Path,
         call: crate::files::FsCall,
         _within: std::time::Duration,
+        hold: &mut super::Reservation,
     ) -> Result<crate::files::FsReply, crate::error::Error> {
         let (workspace, user) = (workspace.to_path_buf(), self.run_as);
-        tokio::task::spawn_blocking(move || crate::files::local::call(&workspace, user, call))
+        let path = call.path().clone();
+        let reply = tokio::task::spawn_blocking(move || crate::files::local::call(&workspace, user, call))
             .await
-            .map_err(|e| crate::error::Error::internal(format!("file call on the host: {e}")))?
+            .map_err(|e| crate::error::Error::internal(format!("file call on the host: {e}")))??;
+        // Data read is held until written, like exec output (a host read is one piece).
+        if let crate::files::FsReply::Data { data, .. } = &reply {
+            if !hold.grow(data.len()) {
+                return Err(crate::files::budget_full(&path));
+            }
+        }
+        Ok(reply)
     }
 
     async fn ping(&self) -> Result<String, RuntimeError> {

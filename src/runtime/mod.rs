@@ -215,6 +215,7 @@ pub trait Runtime: Send + Sync + 'static {
         workspace: &Path,
         call: crate::files::FsCall,
         within: Duration,
+        hold: &mut Reservation,
     ) -> Result<crate::files::FsReply, crate::error::Error>;
 
     /// Runs a command to its end, its timeout, or `cancel`; kills every process it
@@ -272,6 +273,26 @@ impl Reservation {
 
     pub fn is_empty(&self) -> bool {
         self.n == 0
+    }
+
+    /// Reserves `n` more bytes, all or nothing; false when the budget has no room (or
+    /// this reservation belongs to no budget).
+    pub fn grow(&mut self, n: usize) -> bool {
+        let Some(b) = &self.budget else { return false };
+        let ok =
+            b.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| (used + n <= b.max).then_some(used + n));
+        if ok.is_ok() {
+            self.n += n;
+        }
+        ok.is_ok()
+    }
+
+    /// Gives back what is held beyond `n` bytes.
+    pub fn shrink_to(&mut self, n: usize) {
+        if let (Some(b), true) = (&self.budget, self.n > n) {
+            b.used.fetch_sub(self.n - n, Ordering::AcqRel);
+            self.n = n;
+        }
     }
 
     /// Takes over what `other` holds.

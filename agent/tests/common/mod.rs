@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use berth_wire::{read_frame, write_frame, FailReason, Frame, Start, Stream, VERSION};
+use berth_wire::{read_frame, write_frame, FailReason, Frame, ProcInfo, RefusedKind, Start, Stream, VERSION};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -56,20 +56,31 @@ impl Agent {
     }
 
     pub fn start_with(env: &[(&str, &str)]) -> Agent {
+        Agent::start_as(None, env)
+    }
+
+    /// An agent running as `uid` (and the same gid), when given (the test must be root).
+    pub fn start_as(uid: Option<u32>, env: &[(&str, &str)]) -> Agent {
         let dir = TempDir::new();
         let sock = dir.path().join("agent.sock");
-        let child = Command::new(agent_bin())
-            .arg("--socket")
-            .arg(&sock)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(dir.path().join("agent.out")).unwrap())
-            .stderr(fs::File::create(dir.path().join("agent.err")).unwrap())
-            .spawn()
-            .unwrap();
+        if uid.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let child = spawn_agent(&dir, &sock, env, uid);
         let agent = Agent { child, dir, sock };
         assert!(wait_until(Duration::from_secs(10), || agent.sock.exists()), "the agent never made its socket");
         agent
+    }
+
+    /// Stops the agent (SIGTERM: its processes go with it) and starts a new one on the
+    /// same socket, in the same directory (as a restarted container would).
+    pub fn restart(&mut self) {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        assert!(wait_until(Duration::from_secs(10), || self.child.try_wait().unwrap().is_some()));
+        assert!(!self.sock.exists());
+        self.child = spawn_agent(&self.dir, &self.sock, &[], None);
+        assert!(wait_until(Duration::from_secs(10), || self.sock.exists()), "the agent never made its socket");
     }
 
     pub fn pid(&self) -> i32 {
@@ -127,8 +138,32 @@ impl Drop for Agent {
     }
 }
 
+fn spawn_agent(dir: &TempDir, sock: &Path, env: &[(&str, &str)], uid: Option<u32>) -> Child {
+    let log = |name: &str| fs::OpenOptions::new().create(true).append(true).open(dir.path().join(name)).unwrap();
+    let mut cmd = Command::new(agent_bin());
+    cmd.arg("--socket")
+        .arg(sock)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(log("agent.out"))
+        .stderr(log("agent.err"));
+    if let Some(uid) = uid {
+        use std::os::unix::process::CommandExt;
+        // (std drops root's supplementary groups along with the uid.)
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.spawn().unwrap()
+}
+
 pub struct Client {
     pub s: UnixStream,
+}
+
+/// Ids for calls: unique in the whole test process, so unique on every connection.
+static CALL_IDS: AtomicU32 = AtomicU32::new(1_000_000);
+
+pub fn call_id() -> u32 {
+    CALL_IDS.fetch_add(1, Ordering::SeqCst)
 }
 
 /// A command's collected output and its final frame.
@@ -214,6 +249,91 @@ impl Client {
         self.send(&Frame::Start(s));
         self.finish(id)
     }
+
+    /// Sends a call and returns its answer; the entries of several `Entries` frames are
+    /// joined into one.
+    pub fn call(&mut self, f: Frame) -> Frame {
+        let id = f.id().unwrap();
+        self.send(&f);
+        self.answer(id)
+    }
+
+    /// The answer to call `id` (which must be the next frames).
+    pub fn answer(&mut self, id: u32) -> Frame {
+        let mut all = Vec::new();
+        loop {
+            match self.recv() {
+                Frame::Entries { id: i, entries, more } if i == id => {
+                    all.extend(entries);
+                    if !more {
+                        return Frame::Entries { id, entries: all, more: false };
+                    }
+                }
+                f if f.id() == Some(id) => return f,
+                other => panic!("unexpected frame while waiting for call {id}: {other:?}"),
+            }
+        }
+    }
+
+    /// A call that must be refused: its kind and message.
+    pub fn refused(&mut self, f: Frame) -> (RefusedKind, String) {
+        let what = format!("{f:?}");
+        match self.call(f) {
+            Frame::Refused { kind, message, .. } => (kind, message),
+            other => panic!("expected a refusal of {what:.200}, got {other:?}"),
+        }
+    }
+
+    /// Spawns a background process; its info.
+    pub fn spawn(&mut self, s: Start, keep: u32) -> ProcInfo {
+        match self.call(Frame::Spawn { start: s, keep }) {
+            Frame::Procs { mut procs, .. } if procs.len() == 1 => procs.remove(0),
+            other => panic!("expected the spawned process, got {other:?}"),
+        }
+    }
+
+    /// The one process a `ProcWait`, `ProcKill` (or `Spawn`) answers with.
+    pub fn proc_call(&mut self, f: Frame) -> ProcInfo {
+        match self.call(f) {
+            Frame::Procs { mut procs, .. } if procs.len() == 1 => procs.remove(0),
+            other => panic!("expected one process, got {other:?}"),
+        }
+    }
+
+    pub fn proc_wait(&mut self, proc: u32, timeout_ms: u32) -> ProcInfo {
+        self.proc_call(Frame::ProcWait { id: call_id(), proc, timeout_ms })
+    }
+
+    /// Everything of a background process's output still kept, once it ended.
+    pub fn proc_output_all(&mut self, proc: u32) -> (Vec<u8>, Vec<u8>) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut offsets = [0, 0];
+        loop {
+            let f = Frame::ProcOutput {
+                id: call_id(),
+                proc,
+                stdout_offset: offsets[0],
+                stderr_offset: offsets[1],
+                limit: berth_wire::MAX_DATA as u32,
+                wait_ms: 0,
+            };
+            match self.call(f) {
+                Frame::ProcData { info, stdout, stderr, stdout_offset, stderr_offset, .. } => {
+                    let empty = stdout.is_empty() && stderr.is_empty();
+                    offsets = [stdout_offset + stdout.len() as u64, stderr_offset + stderr.len() as u64];
+                    out.extend(stdout);
+                    err.extend(stderr);
+                    if empty && !info.running {
+                        return (out, err);
+                    }
+                    if empty {
+                        self.proc_wait(proc, 10_000);
+                    }
+                }
+                other => panic!("expected process data, got {other:?}"),
+            }
+        }
+    }
 }
 
 /// Polls `cond` until it holds or `limit` passes.
@@ -242,6 +362,15 @@ pub fn processes() -> Vec<(i32, u8, i32)> {
         out.push((pid, state.as_bytes()[0], ppid.parse().unwrap_or(0)));
     }
     out
+}
+
+/// When `pid` started (field 22 of `/proc/PID/stat`, in clock ticks since boot): with the
+/// pid, it names one process, whatever later reuses the pid. `None` once it is reaped.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    // Fields after the name start at field 3 (the state).
+    stat[close + 1..].split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
 /// Live descendants of `root`.
@@ -282,18 +411,25 @@ pub fn find_under(root: i32, argv: &[&str]) -> Vec<i32> {
 }
 
 /// The agent's idle shims: those not yet given a command, which (unlike a shim that
-/// was) have no signalfd open. Once things settle there is exactly one.
+/// was) have no signalfd open, but do have their control channel (descriptor 3). Once
+/// things settle there is exactly one.
+///
+/// The channel matters: a shim whose command is over closes the channel and then its
+/// signalfd (in that order, `Shim`'s fields) and exits, and an exiting process has no
+/// descriptors left at all; for that moment, which a loaded machine stretches, it has no
+/// signalfd either, and must not pass for the idle shim.
 pub fn idle_shims(agent: i32) -> Vec<i32> {
-    let launched = |p: i32| {
-        fs::read_dir(format!("/proc/{p}/fd"))
-            .map(|d| {
-                d.flatten().any(|e| fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("signalfd")))
-            })
-            .unwrap_or(true)
+    let idle = |p: i32| {
+        let fd = format!("/proc/{p}/fd");
+        let Ok(d) = fs::read_dir(&fd) else { return false };
+        let launched =
+            d.flatten().any(|e| fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("signalfd")));
+        // Still open after the scan: the shim was not on its way out during the scan.
+        !launched && fs::read_link(format!("{fd}/3")).is_ok()
     };
     let procs = processes();
     let shims = procs.iter().filter(|&&(p, s, pp)| pp == agent && s != b'Z' && comm(p) == "berth-shim");
-    shims.map(|&(p, _, _)| p).filter(|&p| !launched(p)).collect()
+    shims.map(|&(p, _, _)| p).filter(|&p| idle(p)).collect()
 }
 
 /// The agent's idle shim, once there is exactly one.

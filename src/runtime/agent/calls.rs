@@ -6,13 +6,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_wire::{write_flags, Entry, EntryType, FailReason, Frame, ProcInfo, RefusedKind, Start, MAX_DATA, NO_MODE};
+use berth_wire::{
+    write_flags, Entry, EntryType, FailReason, Frame, ProcInfo, RefusedKind, Start, MAX_DATA, MAX_FRAME, NO_MODE,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{AgentConn, AgentError, Event};
 use crate::error::{Error, ErrorKind};
 use crate::files::{FsCall, FsEntry, FsPath, FsReply, WriteAt};
+
+/// The most entries one `fs.list` returns; a larger directory is `too_large`.
+pub const MAX_LIST: usize = 10_000;
 
 /// Reads sent ahead of the one being waited for, within one `fs.read`.
 const READS_AHEAD: usize = 8;
@@ -103,7 +108,18 @@ impl AgentConn {
     fn request(self: &Arc<Self>, make: impl FnOnce(u32) -> Frame) -> Result<Pending, Error> {
         let (id, rx, _) = self.register();
         let pending = Pending { conn: self.clone(), id, rx };
-        self.send(make(id))?;
+        let frame = make(id);
+        // A frame the agent would refuse as malformed would cost the whole connection
+        // (and every command on it): refuse it here, as the request's own error.
+        if let Frame::Spawn { .. } = &frame {
+            let len = frame.to_bytes().len() - 4;
+            if len > MAX_FRAME {
+                return Err(Error::invalid_params(format!(
+                    "the command and its environment take {len} bytes, more than the {MAX_FRAME} one agent frame holds"
+                )));
+            }
+        }
+        self.send(frame)?;
         Ok(pending)
     }
 
@@ -117,9 +133,16 @@ impl AgentConn {
     }
 
     /// Carries out one file call in the container, as the agent's (the container's) user.
-    pub async fn fs(self: &Arc<Self>, call: FsCall, within: Duration) -> Result<FsReply, Error> {
+    /// Read data is held in `hold` (the output budget) piece by piece, before each piece
+    /// is asked for.
+    pub async fn fs(
+        self: &Arc<Self>,
+        call: FsCall,
+        within: Duration,
+        hold: &mut crate::runtime::Reservation,
+    ) -> Result<FsReply, Error> {
         match call {
-            FsCall::Read { path, offset, limit } => self.read(&path, offset, limit, within).await,
+            FsCall::Read { path, offset, limit } => self.read(&path, offset, limit, within, hold).await,
             FsCall::Write { path, data, at, mode, mkdirs } => {
                 self.write(&path, &data, at, mode, mkdirs, within).await.map(|size| FsReply::Done { size })
             }
@@ -152,8 +175,12 @@ impl AgentConn {
         offset: u64,
         limit: u64,
         within: Duration,
+        hold: &mut crate::runtime::Reservation,
     ) -> Result<FsReply, Error> {
         let p = path.as_str().as_bytes().to_vec();
+        if !hold.grow(limit.min(MAX_DATA as u64) as usize) {
+            return Err(crate::files::budget_full(path));
+        }
         let piece = |at: u64, left: u64| {
             let p = p.clone();
             let n = left.min(MAX_DATA as u64) as u32;
@@ -170,6 +197,9 @@ impl AgentConn {
         while !eof && (data.len() as u64) < want {
             while queue.len() < READS_AHEAD && next < end {
                 let n = (end - next).min(MAX_DATA as u64);
+                if !hold.grow(n as usize) {
+                    return Err(crate::files::budget_full(path));
+                }
                 queue.push_back(self.request(piece(next, n))?);
                 next += n;
             }
@@ -189,6 +219,7 @@ impl AgentConn {
             }
         }
         data.truncate(want.min(limit) as usize);
+        hold.shrink_to(data.len());
         let eof = eof || offset + data.len() as u64 >= size;
         Ok(FsReply::Data { data, size, eof })
     }
@@ -241,6 +272,13 @@ impl AgentConn {
         loop {
             match pending.next(within).await? {
                 Frame::Entries { entries, more, .. } => {
+                    if out.len() + entries.len() > MAX_LIST {
+                        // The rest of the agent's frames find no call and are dropped.
+                        return Err(Error::new(
+                            ErrorKind::TooLarge,
+                            format!("{path} has more than {MAX_LIST} entries; berth lists at most {MAX_LIST}"),
+                        ));
+                    }
                     out.extend(entries.into_iter().map(|e| entry(path, e, list)));
                     if !more {
                         return Ok(out);

@@ -54,6 +54,10 @@ pub enum AgentError {
     /// Nothing usable answers (no socket yet, refused, not a socket): use the exec path.
     #[error("no agent answers: {0}")]
     Unavailable(String),
+    /// The container has no agent (made with `[exec] agent = false`, or before berth
+    /// had one), or the agent is off in berthd.
+    #[error("{0}")]
+    Absent(String),
     /// Something answered that is not this project's agent.
     #[error("{0}")]
     Forged(String),

@@ -120,7 +120,9 @@ impl DockerRuntime {
     /// The connection to the project's agent, when its container runs one that answers
     /// as its PID 1.
     async fn agent_for(&self, project: &ProjectName) -> Result<Arc<AgentConn>, AgentError> {
-        let Some(agents) = &self.agents else { return Err(AgentError::Unavailable("the agent is off".into())) };
+        let Some(agents) = &self.agents else {
+            return Err(AgentError::Absent("berthd runs with [exec] agent = false".into()));
+        };
         if let Some(c) = agents.cached(project) {
             return Ok(c);
         }
@@ -131,7 +133,7 @@ impl DockerRuntime {
                 agents.connect(project, pid).await
             }
             Some(ContainerInfo { agent: false, .. }) => {
-                Err(AgentError::Unavailable(format!("the container of project {project} was made without the agent")))
+                Err(AgentError::Absent(format!("the container of project {project} was made without berth-agent")))
             }
             _ => Err(AgentError::Unavailable(format!("the container of project {project} is not running"))),
         }
@@ -538,12 +540,10 @@ impl Runtime for DockerRuntime {
     async fn agent(&self, project: &ProjectName) -> Result<Arc<AgentConn>, crate::error::Error> {
         self.agent_for(project).await.map_err(|e| {
             let why = match e {
-                AgentError::Unavailable(w) if w.contains("made without the agent") || w.contains("agent is off") => {
-                    format!(
-                        "{w}; files and background processes need berth-agent (containers made with \
-                         [exec] agent = false, or before berth had an agent, lack it)"
-                    )
-                }
+                AgentError::Absent(w) => format!(
+                    "{w}; files and background processes need berth-agent (containers made with [exec] agent = \
+                     false, or before berth had an agent, lack it)"
+                ),
                 other => other.to_string(),
             };
             crate::error::Error::new(crate::error::ErrorKind::RuntimeUnavailable, format!("project {project}: {why}"))
@@ -556,8 +556,9 @@ impl Runtime for DockerRuntime {
         _workspace: &Path,
         call: crate::files::FsCall,
         within: Duration,
+        hold: &mut crate::runtime::Reservation,
     ) -> Result<crate::files::FsReply, crate::error::Error> {
-        self.agent(project).await?.fs(call, within).await
+        self.agent(project).await?.fs(call, within, hold).await
     }
 
     async fn ping(&self) -> Result<String, RuntimeError> {
