@@ -512,10 +512,11 @@ fn logs_follow_streams_both_outputs_until_the_end() {
     // More than one page of output (the daemon gives 256 KiB a call), all of it.
     let id = d.berth_ok(&["exec", "-d", &name, "--", "sh", "-c", "head -c 600000 /dev/zero | tr '\\0' b"]);
     let id = id.trim();
+    let num: u64 = id.parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ps: Value = serde_json::from_str(&d.berth_ok(&["ps", "--json", &name])).unwrap();
-        let p = ps.as_array().unwrap().iter().find(|p| p["id"].to_string() == id).unwrap().clone();
+        let p = ps.as_array().unwrap().iter().find(|p| p["id"] == num).unwrap().clone();
         if p["running"] == false {
             break;
         }
