@@ -453,7 +453,7 @@ impl Size {
 /// The largest binary unit that shows the size exactly: `16MiB`, `1536MiB`, `1000`.
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match SIZE_UNITS.iter().find(|(_, m)| self.0 != 0 && self.0 % m == 0) {
+        match SIZE_UNITS.iter().find(|(_, m)| self.0 != 0 && self.0.is_multiple_of(*m)) {
             Some((unit, m)) => write!(f, "{}{unit}", self.0 / m),
             None => write!(f, "{}", self.0),
         }

@@ -553,7 +553,7 @@ impl ContainerPolicy {
 /// A byte count in the largest binary unit that divides it ("4GiB", "1536MiB", "100B").
 pub fn format_size(n: u64) -> String {
     for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }

@@ -175,7 +175,8 @@ fn a_slow_engine_is_not_an_absent_one_nothing_falls_back_to_the_host() {
     let dir = tempfile::tempdir().unwrap();
     let proxy_path = dir.path().join("engine.sock");
     let d = Daemon::start(&format!(
-        "[docker]\nhost = \"unix://{}\"\ndefault_image = \"{IMAGE}\"\napi_timeout = \"1s\"\n\
+        // (3 s: a container start on a fuse-overlayfs engine alone can take a second.)
+        "[docker]\nhost = \"unix://{}\"\ndefault_image = \"{IMAGE}\"\napi_timeout = \"3s\"\n\
          [janitor]\nreconcile_interval = \"1h\"\n[local]\nenabled = true\n",
         proxy_path.display()
     ));

@@ -474,10 +474,10 @@ mod tests {
             at: OffsetDateTime::from_unix_timestamp(1_700_000_000 + i as i64).unwrap(),
             uid: 1000,
             command: vec!["echo".into(), format!("{i}")],
-            exit_code: (i % 2 == 0).then_some(i as i64),
+            exit_code: i.is_multiple_of(2).then_some(i as i64),
             duration_ms: i,
             runtime: "docker".into(),
-            timed_out: i % 3 == 0,
+            timed_out: i.is_multiple_of(3),
         }
     }
 
