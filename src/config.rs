@@ -37,6 +37,22 @@ pub struct Config {
     pub server: ServerConfig,
     pub container: ContainerConfig,
     pub local: LocalConfig,
+    pub snapshots: SnapshotsConfig,
+}
+
+/// Snapshots (`snapshot.create`): how many each project keeps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotsConfig {
+    /// Taking a snapshot prunes the project's oldest beyond this many (and so does the
+    /// janitor, after the setting is lowered). At least 1.
+    pub keep: usize,
+}
+
+impl Default for SnapshotsConfig {
+    fn default() -> Self {
+        Self { keep: 10 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -257,6 +273,9 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("[container] defaults: {e}")))?;
         if self.local.user.is_empty() {
             return Err(ConfigError::Invalid("local.user must name a user".into()));
+        }
+        if self.snapshots.keep == 0 {
+            return Err(ConfigError::Invalid("snapshots.keep 0: must keep at least 1 snapshot per project".into()));
         }
         self.socket_mode()?;
         for (key, d) in [

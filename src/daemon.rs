@@ -174,6 +174,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         execs: Default::default(),
         budget: crate::runtime::Budget::new(config.server.max_buffered.0 as usize),
         debug_hooks,
+        snapshots: crate::snapshot::SnapshotDirs::open(&state_dir)?,
+        snapshot_locks: Default::default(),
     });
 
     let (supervisor, mut supervisor_task) =

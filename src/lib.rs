@@ -13,5 +13,6 @@ pub mod files;
 pub mod mcp;
 pub mod model;
 pub mod runtime;
+pub mod snapshot;
 pub mod store;
 pub mod workspace;

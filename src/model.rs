@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 use time::OffsetDateTime;
 
+use crate::snapshot::SnapshotId;
+
 /// Why a value was refused. The message names the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
@@ -332,28 +334,51 @@ impl Project {
 }
 
 /// A journaled multi-step change of a project.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pending {
-    /// Delete, archiving the workspace.
-    Archive,
-    /// Delete, removing the workspace.
-    Purge,
+    /// Delete, archiving the workspace (and the project's snapshots, unless kept).
+    Archive { keep_snapshots: bool },
+    /// Delete, removing the workspace (and the project's snapshots, unless kept).
+    Purge { keep_snapshots: bool },
+    /// Restore from a snapshot: the container is removed and the snapshot's workspace
+    /// copied and swapped in; redone from the start (or the swap) after a crash.
+    Restore(SnapshotId),
+    /// The restored workspace is in place; what is left is the row and the container.
+    Restored(SnapshotId),
+    /// Made by a fork that has not finished; a crash rolls it back.
+    Fork,
 }
 
 impl Pending {
-    pub fn as_str(self) -> &'static str {
+    pub fn encode(&self) -> String {
+        let keep = |k: bool| if k { ":keep-snapshots" } else { "" };
         match self {
-            Pending::Archive => "archive",
-            Pending::Purge => "purge",
+            Pending::Archive { keep_snapshots } => format!("archive{}", keep(*keep_snapshots)),
+            Pending::Purge { keep_snapshots } => format!("purge{}", keep(*keep_snapshots)),
+            Pending::Restore(id) => format!("restore:{id}"),
+            Pending::Restored(id) => format!("restored:{id}"),
+            Pending::Fork => "fork".into(),
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "archive" => Some(Pending::Archive),
-            "purge" => Some(Pending::Purge),
-            _ => None,
-        }
+        Some(match s {
+            "archive" => Pending::Archive { keep_snapshots: false },
+            "purge" => Pending::Purge { keep_snapshots: false },
+            "archive:keep-snapshots" => Pending::Archive { keep_snapshots: true },
+            "purge:keep-snapshots" => Pending::Purge { keep_snapshots: true },
+            "fork" => Pending::Fork,
+            _ => match s.split_once(':') {
+                Some(("restore", id)) => Pending::Restore(SnapshotId::parse(id).ok()?),
+                Some(("restored", id)) => Pending::Restored(SnapshotId::parse(id).ok()?),
+                _ => return None,
+            },
+        })
+    }
+
+    /// A journaled delete.
+    pub fn is_delete(&self) -> bool {
+        matches!(self, Pending::Archive { .. } | Pending::Purge { .. })
     }
 }
 

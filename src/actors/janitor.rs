@@ -23,8 +23,9 @@ use super::registry::RegistryMsg;
 use super::supervisor::SupervisorMsg;
 use super::{ask, Ctx};
 use crate::error::Error;
-use crate::model::{Project, ProjectName, Status};
+use crate::model::{Pending, Project, ProjectName, Status};
 use crate::runtime::ContainerInfo;
+use crate::snapshot::SnapshotState;
 
 pub struct JanitorActor;
 
@@ -96,6 +97,131 @@ impl JanitorState {
                 Ok(Some(c)) => changes.push(c),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "reconcile of a project failed; retried next round"),
+            }
+        }
+        match self.reconcile_snapshots().await {
+            Ok(more) => changes.extend(more),
+            Err(e) => tracing::warn!(error = %e, "reconcile of snapshots failed; retried next round"),
+        }
+        for c in &changes {
+            tracing::info!(project = %c.name, reason = %c.reason, "reconcile changed something");
+        }
+        Ok(changes)
+    }
+
+    /// Snapshots: each project with an unfinished journal or more than `keep` settles
+    /// them in its actor; then images and directories that no row names are removed, and
+    /// rows whose image is gone are reported. Images and directories are listed before
+    /// the rows are read: both are made only after their row is written, so an image or
+    /// directory whose row is missing from a later read is an orphan, never one being made.
+    async fn reconcile_snapshots(&self) -> Result<Vec<Change>, Error> {
+        let rt = &self.ctx.runtimes;
+        if !rt.docker_available() {
+            return Ok(Vec::new());
+        }
+        let images = rt.docker.snapshot_images().await.map_err(|e| {
+            rt.note(&e);
+            Error::from(e)
+        })?;
+        let root = self.ctx.snapshots.root().to_path_buf();
+        let entries = tokio::task::spawn_blocking(move || -> Vec<String> {
+            std::fs::read_dir(&root)
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default();
+        let reg = self.ctx.registry.get()?;
+        let snaps = ask(&reg, "the registry", self.ctx.short_timeout(), RegistryMsg::Snapshots).await?;
+        let keep = self.ctx.config.snapshots.keep;
+        let mut counts: HashMap<ProjectName, (usize, bool)> = HashMap::new();
+        for s in &snaps {
+            let c = counts.entry(s.project.clone()).or_default();
+            c.0 += usize::from(s.state == SnapshotState::Ready);
+            c.1 |= s.state != SnapshotState::Ready;
+        }
+        let settle = counts.into_iter().filter(|(_, (ready, unfinished))| *unfinished || *ready > keep).map(
+            |(name, _)| async move {
+                let actor = self.project(&name).await?;
+                ask(&actor, &format!("project {name}"), self.ctx.lifecycle_timeout(), ProjectMsg::SettleSnapshots)
+                    .await?
+            },
+        );
+        let mut changes = Vec::new();
+        for res in join_all(settle).await {
+            match res {
+                Ok(c) => changes.extend(c),
+                Err(e) => tracing::warn!(error = %e, "settling a project's snapshots failed; retried next round"),
+            }
+        }
+        // Read again: settling removed rows.
+        let snaps = ask(&reg, "the registry", self.ctx.short_timeout(), RegistryMsg::Snapshots).await?;
+        let rows = self.rows().await?;
+        let named =
+            |image: &str| snaps.iter().any(|s| s.image == image) || rows.iter().any(|p| p.image.as_str() == image);
+        for img in &images {
+            let orphan = !snaps.iter().any(|s| s.id.as_str() == img.snapshot);
+            // An untagged one (a commit that a crash cut short) goes by its id.
+            let names = if img.tags.is_empty() { vec![img.id.clone()] } else { img.tags.clone() };
+            for tag in names.iter().filter(|t| orphan && !named(t)) {
+                match rt.docker.remove_image(tag).await {
+                    Ok(true) => changes.push(Change {
+                        name: img.project.clone().unwrap_or_default(),
+                        from: None,
+                        to: None,
+                        reason: format!("removed image {tag}: no snapshot or project uses it"),
+                    }),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(image = %tag, error = %e, "orphaned snapshot image not removed"),
+                }
+            }
+        }
+        for s in snaps.iter().filter(|s| s.state == SnapshotState::Ready) {
+            if !images.iter().any(|i| i.tags.contains(&s.image)) {
+                tracing::warn!(snapshot = %s.id, image = %s.image, "a snapshot's image is gone from the engine");
+                changes.push(Change {
+                    name: s.project.to_string(),
+                    from: None,
+                    to: None,
+                    reason: format!("snapshot {}: its image {} is gone; it cannot be restored", s.id, s.image),
+                });
+            }
+        }
+        let restoring = |name: &str| {
+            rows.iter().any(|p| {
+                p.name.as_str() == name && matches!(p.pending, Some(Pending::Restore(_) | Pending::Restored(_)))
+            })
+        };
+        let dirs = self.ctx.snapshots.clone();
+        let mut stale = Vec::new();
+        for e in entries {
+            let known = |id: &str, taking_only: bool| {
+                snaps.iter().any(|s| s.id.as_str() == id && (!taking_only || s.state == SnapshotState::Taking))
+            };
+            let keep_it = if let Some(id) = e.strip_prefix(".partial-") {
+                known(id, true)
+            } else if let Some(rest) = e.strip_prefix(".restore-") {
+                restoring(rest.strip_suffix(".partial").or_else(|| rest.strip_suffix(".ready")).unwrap_or(rest))
+            } else if let Some(name) = e.strip_prefix(".trash-") {
+                restoring(name)
+            } else {
+                known(&e, false)
+            };
+            if !keep_it {
+                stale.push(dirs.root().join(&e));
+            }
+        }
+        for path in stale {
+            let p = path.clone();
+            match tokio::task::spawn_blocking(move || crate::snapshot::copy::remove_tree(&p)).await {
+                Ok(Ok(())) => changes.push(Change {
+                    name: String::new(),
+                    from: None,
+                    to: None,
+                    reason: format!("removed {}: no snapshot or restore uses it", path.display()),
+                }),
+                Ok(Err(e)) => tracing::warn!(path = %path.display(), error = %e, "orphaned snapshot files not removed"),
+                Err(e) => tracing::warn!(error = %e, "orphan removal task failed"),
             }
         }
         Ok(changes)
@@ -314,6 +440,7 @@ mod tests {
             created: String::new(),
             pid: None,
             agent: false,
+            paused: false,
         }
     }
 
@@ -364,7 +491,7 @@ mod tests {
     #[test]
     fn plan_checks_what_disagrees_and_adopts_rowless_containers() {
         let mut pending = row("pending", Status::Running);
-        pending.pending = Some(Pending::Archive);
+        pending.pending = Some(Pending::Archive { keep_snapshots: false });
         let rows = [
             row("run-ok", Status::Running),
             row("run-stopped", Status::Running),

@@ -30,6 +30,10 @@ pub struct Ctx {
     pub budget: std::sync::Arc<crate::runtime::Budget>,
     /// Debug hooks (`debug.*` methods) are served only when this is set.
     pub debug_hooks: bool,
+    /// `<state_dir>/snapshots`.
+    pub snapshots: crate::snapshot::SnapshotDirs,
+    /// Snapshots a fork is copying from right now.
+    pub snapshot_locks: std::sync::Arc<crate::snapshot::SnapshotLocks>,
 }
 
 impl Ctx {

@@ -13,6 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::error::Error;
 use crate::model::{Activity, Project, ProjectName};
+use crate::snapshot::{Snapshot, SnapshotId};
 use crate::store::StoreThread;
 
 pub struct RegistryActor;
@@ -22,6 +23,8 @@ pub struct RegistryState {
     rows: BTreeMap<ProjectName, Project>,
     /// Names of the rows in the quarantine table (corrupt rows set aside at load).
     quarantined: Vec<String>,
+    /// Every snapshot row, whatever its state.
+    snapshots: BTreeMap<SnapshotId, Snapshot>,
 }
 
 pub enum RegistryMsg {
@@ -44,6 +47,11 @@ pub enum RegistryMsg {
     /// The newest `limit` activity entries of a project, oldest first; `not_found` if the
     /// project has no row.
     Activity(ProjectName, usize, RpcReplyPort<Result<Vec<Activity>, Error>>),
+    /// Every snapshot row (any state), oldest first.
+    Snapshots(RpcReplyPort<Vec<Snapshot>>),
+    /// Writes a snapshot's row (insert or replace).
+    PutSnapshot(Snapshot, RpcReplyPort<Result<(), Error>>),
+    DeleteSnapshot(SnapshotId, RpcReplyPort<Result<(), Error>>),
 }
 
 impl Actor for RegistryActor {
@@ -63,13 +71,14 @@ impl Actor for RegistryActor {
         }
         let quarantined = store.call(|s| s.quarantined()).await?;
         let rows = loaded.projects.into_iter().map(|p| (p.name.clone(), p)).collect::<BTreeMap<_, _>>();
+        let snapshots = store.call(|s| s.snapshots()).await?.into_iter().map(|s| (s.id.clone(), s)).collect();
         tracing::info!(
             projects = rows.len(),
             quarantined = quarantined.len(),
             db = %state_dir.join("berth.db").display(),
             "registry loaded"
         );
-        Ok(RegistryState { store, rows, quarantined })
+        Ok(RegistryState { store, rows, quarantined, snapshots })
     }
 
     async fn handle(
@@ -125,6 +134,27 @@ impl Actor for RegistryActor {
                     Ok(false) => tracing::debug!(project = %project, "activity of a project without a row; not logged"),
                     Err(e) => tracing::warn!(project = %project, error = %e, "activity not logged"),
                 }
+            }
+            RegistryMsg::Snapshots(reply) => {
+                let mut all: Vec<Snapshot> = st.snapshots.values().cloned().collect();
+                all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+                let _ = reply.send(all);
+            }
+            RegistryMsg::PutSnapshot(snap, reply) => {
+                let row = snap.clone();
+                let res = st.store.call(move |s| s.put_snapshot(&row)).await.map_err(Error::from);
+                if res.is_ok() {
+                    st.snapshots.insert(snap.id.clone(), snap);
+                }
+                let _ = reply.send(res);
+            }
+            RegistryMsg::DeleteSnapshot(id, reply) => {
+                let i = id.clone();
+                let res = st.store.call(move |s| s.delete_snapshot(&i)).await.map(|_| ()).map_err(Error::from);
+                if res.is_ok() {
+                    st.snapshots.remove(&id);
+                }
+                let _ = reply.send(res);
             }
             RegistryMsg::Activity(name, limit, reply) => {
                 let res = if st.rows.contains_key(&name) {

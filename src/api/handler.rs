@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{self, ExecRequest, Outgoing, ProcessOp, Request, Utf8Carry};
+use super::protocol::{self, ExecRequest, Outgoing, ProcessOp, Request, SnapshotOp, Utf8Carry};
 use crate::actors::janitor::JanitorMsg;
 use crate::actors::project::{ExecAsk, ExecLease, ProjectMsg};
 use crate::actors::registry::RegistryMsg;
@@ -24,6 +24,7 @@ use crate::files::{FsCall, FsReply, WORKSPACE_IN_CONTAINER};
 use crate::model::{Activity, CreateSpec, Project, ProjectName, Status};
 use crate::runtime::agent::{AgentConn, SpawnSpec};
 use crate::runtime::{Capture, Chunk, ExecSpec, Reservation, RuntimeError, RuntimeKind, StreamKind};
+use crate::snapshot::SnapshotState;
 
 pub struct Service {
     pub ctx: Arc<Ctx>,
@@ -88,12 +89,13 @@ impl Service {
                 let actor = self.project(&name).await?;
                 to_value(ask(&actor, &format!("project {name}"), ctx.lifecycle_timeout(), ProjectMsg::Stop).await??)
             }
-            Request::Delete { name, purge } => {
+            Request::Snapshot(op) => self.snapshot(op).await,
+            Request::Delete { name, purge, keep_snapshots } => {
                 let actor = self.project(&name).await?;
                 // Lifecycle calls queue behind each other in the project's actor (a create
                 // may be pulling an image), so they all get the lifecycle bound.
                 let archived = ask(&actor, &format!("project {name}"), ctx.lifecycle_timeout(), |reply| {
-                    ProjectMsg::Delete { purge, reply }
+                    ProjectMsg::Delete { purge, keep_snapshots, reply }
                 })
                 .await??;
                 Ok(match (archived, purge) {
@@ -162,6 +164,67 @@ impl Service {
                 })
                 .await?;
                 Ok(json!({"parked": parked}))
+            }
+        }
+    }
+
+    /// `snapshot.*` and `project.fork`: each goes to the actor of the project it changes
+    /// (a fork to the new project's, which asks the source's for what it needs).
+    async fn snapshot(&self, op: SnapshotOp) -> Result<Value, Error> {
+        let long = self.ctx.lifecycle_timeout();
+        match op {
+            SnapshotOp::Create { name, label } => {
+                let actor = self.project(&name).await?;
+                to_value(
+                    ask(&actor, &format!("project {name}"), long, |reply| ProjectMsg::Snapshot { label, reply })
+                        .await??,
+                )
+            }
+            SnapshotOp::List(name) => {
+                let all = self.registry(RegistryMsg::Snapshots).await?;
+                let ready = all.into_iter().filter(|s| s.state == SnapshotState::Ready);
+                let list: Vec<_> = match &name {
+                    Some(n) => ready.filter(|s| &s.project == n).collect(),
+                    None => ready.collect(),
+                };
+                if let Some(n) = &name {
+                    // An unknown name is an error, unless snapshots of a deleted project
+                    // were kept under it.
+                    if list.is_empty() && self.row(n).await.is_err() {
+                        return Err(Error::not_found(n));
+                    }
+                }
+                to_value(list)
+            }
+            SnapshotOp::Restore { name, id } => {
+                let actor = self.project(&name).await?;
+                to_value(
+                    ask(&actor, &format!("project {name}"), long, |reply| ProjectMsg::Restore { id, reply }).await??,
+                )
+            }
+            SnapshotOp::Delete(id) => {
+                let all = self.registry(RegistryMsg::Snapshots).await?;
+                let s = all
+                    .into_iter()
+                    .find(|s| s.id == id)
+                    .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("snapshot {id} not found")))?;
+                let actor = self.project(&s.project).await?;
+                ask(&actor, &format!("project {}", s.project), long, |reply| ProjectMsg::DeleteSnapshot { id, reply })
+                    .await??;
+                Ok(json!({}))
+            }
+            SnapshotOp::Fork { from, name, snapshot } => {
+                if from == name {
+                    return Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!("project {name} already exists; a fork needs a new name"),
+                    ));
+                }
+                let actor = self.project(&name).await?;
+                to_value(
+                    ask(&actor, &format!("project {name}"), long, |reply| ProjectMsg::Fork { from, snapshot, reply })
+                        .await??,
+                )
             }
         }
     }

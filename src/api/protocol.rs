@@ -21,6 +21,7 @@ use crate::model::{
     parse_duration, CreateSpec, EnvMap, ImageRef, Limits, ModelError, PortMap, Profile, ProjectName, Workdir,
 };
 use crate::runtime::{ExecOutcome, RuntimeKind, StreamKind};
+use crate::snapshot::SnapshotId;
 
 /// Largest `tail` a logs request may ask for.
 pub const MAX_TAIL: u64 = 1_000_000;
@@ -39,7 +40,10 @@ pub enum Request {
     Delete {
         name: ProjectName,
         purge: bool,
+        keep_snapshots: bool,
     },
+    /// `snapshot.*` and `project.fork`.
+    Snapshot(SnapshotOp),
     Status(ProjectName),
     Logs {
         name: ProjectName,
@@ -73,6 +77,73 @@ pub enum Request {
         name: ProjectName,
         delay: Duration,
     },
+}
+
+/// One snapshot request, its params checked.
+#[derive(Debug, Clone)]
+pub enum SnapshotOp {
+    Create { name: ProjectName, label: String },
+    List(Option<ProjectName>),
+    Restore { name: ProjectName, id: SnapshotId },
+    Delete(SnapshotId),
+    Fork { from: ProjectName, name: ProjectName, snapshot: Option<SnapshotId> },
+}
+
+fn parse_snapshot(m: &str, p: Value) -> Result<Request, Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Create {
+        name: String,
+        label: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct List {
+        name: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Restore {
+        name: String,
+        id: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Delete {
+        id: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Fork {
+        from: String,
+        name: String,
+        snapshot: Option<String>,
+    }
+    let id = |s: &str| SnapshotId::parse(s).map_err(Error::from);
+    let op = match m {
+        "snapshot.create" => {
+            let c: Create = params(m, p)?;
+            let label = c.label.unwrap_or_default();
+            crate::snapshot::check_label(&label)?;
+            SnapshotOp::Create { name: name(&c.name)?, label }
+        }
+        "snapshot.list" => SnapshotOp::List(params::<List>(m, p)?.name.as_deref().map(name).transpose()?),
+        "snapshot.restore" => {
+            let r: Restore = params(m, p)?;
+            SnapshotOp::Restore { name: name(&r.name)?, id: id(&r.id)? }
+        }
+        "snapshot.delete" => SnapshotOp::Delete(id(&params::<Delete>(m, p)?.id)?),
+        "project.fork" => {
+            let f: Fork = params(m, p)?;
+            SnapshotOp::Fork {
+                from: name(&f.from)?,
+                name: name(&f.name)?,
+                snapshot: f.snapshot.as_deref().map(id).transpose()?,
+            }
+        }
+        other => return Err(Error::new(ErrorKind::MethodNotFound, format!("unknown method {other:?}"))),
+    };
+    Ok(Request::Snapshot(op))
 }
 
 /// One `process.*` request, its params checked.
@@ -115,6 +186,7 @@ impl Request {
                 | Request::Status(_)
                 | Request::Logs { .. }
                 | Request::Path(_)
+                | Request::Snapshot(SnapshotOp::List(_))
                 | Request::Fs { call: FsCall::Read { .. } | FsCall::List { .. } | FsCall::Stat { .. }, .. }
                 | Request::Process { op: ProcessOp::List | ProcessOp::Output { .. } | ProcessOp::Wait { .. }, .. }
         )
@@ -136,6 +208,13 @@ impl Request {
             | Request::Fs { name, .. }
             | Request::Process { name, .. } => Some(name),
             Request::Exec(e) => Some(&e.name),
+            Request::Snapshot(op) => match op {
+                SnapshotOp::Create { name, .. } | SnapshotOp::Restore { name, .. } | SnapshotOp::Fork { name, .. } => {
+                    Some(name)
+                }
+                SnapshotOp::List(name) => name.as_ref(),
+                SnapshotOp::Delete(_) => None,
+            },
             Request::Info
             | Request::List
             | Request::Reconcile
@@ -199,6 +278,7 @@ struct CreateParams {
 struct DeleteParams {
     name: String,
     purge: Option<bool>,
+    keep_snapshots: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -338,7 +418,11 @@ fn parse_request(method: &str, p: Value, config: &Config, debug_hooks: bool) -> 
         "project.path" => Request::Path(name(&params::<NameParams>(m, p)?.name)?),
         "project.delete" => {
             let d: DeleteParams = params(m, p)?;
-            Request::Delete { name: name(&d.name)?, purge: d.purge.unwrap_or(false) }
+            Request::Delete {
+                name: name(&d.name)?,
+                purge: d.purge.unwrap_or(false),
+                keep_snapshots: d.keep_snapshots.unwrap_or(false),
+            }
         }
         "project.logs" => {
             let l: LogsParams = params(m, p)?;
@@ -349,6 +433,7 @@ fn parse_request(method: &str, p: Value, config: &Config, debug_hooks: bool) -> 
         }
         "project.exec" => Request::Exec(parse_exec(params(m, p)?, config)?),
         m if m.starts_with("fs.") => parse_fs(m, p, config)?,
+        m if m.starts_with("snapshot.") || m == "project.fork" => parse_snapshot(m, p)?,
         m if m.starts_with("process.") => parse_process(m, p, config)?,
         "debug.panic" if debug_hooks => Request::DebugPanic(name(&params::<NameParams>(m, p)?.name)?),
         "debug.kill_supervisor" if debug_hooks => {

@@ -44,6 +44,23 @@ fn bytes(v: &Value) -> String {
     }
 }
 
+/// A size for people: `512B`, `20.0MiB`, `1.3GiB`.
+fn approx_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let (mut v, mut unit) = (n as f64 / 1024.0, UNITS[0]);
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1}{unit}")
+}
+
 /// A limit where 0 means none.
 fn zero_none(v: &Value) -> String {
     match v.as_f64() {
@@ -274,6 +291,17 @@ fn process_row(p: &Value) -> Vec<String> {
 pub fn processes(r: &Value) -> String {
     let mut rows = vec![["ID", "STATUS", "EXIT", "STARTED", "COMMAND"].map(String::from).to_vec()];
     rows.extend(r.as_array().into_iter().flatten().map(process_row));
+    table(&rows)
+}
+
+/// `snapshot ls`: ID PROJECT LABEL CREATED SIZE (the workspace copy's).
+pub fn snapshots(r: &Value) -> String {
+    let mut rows = vec![["ID", "PROJECT", "LABEL", "CREATED", "SIZE"].map(String::from).to_vec()];
+    for x in r.as_array().into_iter().flatten() {
+        let label = x["label"].as_str().filter(|l| !l.is_empty()).unwrap_or("-").to_string();
+        let size = x["workspace_bytes"].as_u64().map(approx_bytes).unwrap_or_else(|| s(&x["workspace_bytes"]));
+        rows.push(vec![s(&x["id"]), s(&x["project"]), label, time(&x["created"]), size]);
+    }
     table(&rows)
 }
 

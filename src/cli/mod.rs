@@ -112,6 +112,23 @@ pub enum Command {
         /// Delete the workspace instead of archiving it (default: archive).
         #[arg(long)]
         purge: bool,
+        /// Keep the project's snapshots (still listed, restorable into a fork) (default: deleted with it).
+        #[arg(long)]
+        keep_snapshots: bool,
+    },
+    /// Snapshots: take, list, restore and delete them.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// A new project from SRC's current state (or from one of its snapshots); the two are
+    /// independent afterwards. A fork publishes no ports.
+    Fork {
+        /// The project to fork.
+        src: String,
+        /// The new project's name.
+        dst: String,
+        /// Fork from this snapshot of SRC instead of its current state (default: current state).
+        #[arg(long, value_name = "ID")]
+        snapshot: Option<String>,
     },
     /// Run a command in the project; output streams live; exits with its exit code. With
     /// -d, start it in the background and print its process id instead.
@@ -206,6 +223,37 @@ pub enum Command {
     Completions {
         /// The shell to complete for.
         shell: Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot: the container's filesystem, the workspace and the settings
+    /// (the container is paused meanwhile); prints its id.
+    Create {
+        /// Project name.
+        name: String,
+        /// Free text shown by ls (default: none).
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List snapshots: ID PROJECT LABEL CREATED SIZE.
+    Ls {
+        /// Only this project's (default: every project's).
+        name: Option<String>,
+    },
+    /// Put the project back as it was at the snapshot: container filesystem, workspace
+    /// and settings (commands running in it are ended).
+    Restore {
+        /// Project name.
+        name: String,
+        /// Snapshot id.
+        id: String,
+    },
+    /// Delete a snapshot.
+    Rm {
+        /// Snapshot id.
+        id: String,
     },
 }
 
@@ -332,6 +380,10 @@ fn human_output(cmd: &Command, r: &Value) -> String {
         Command::Ls => human::list(r),
         Command::Status { .. } => human::status(r),
         Command::Rm { name, .. } => human::removed(name, r),
+        Command::Fork { .. } | Command::Snapshot(SnapshotCommand::Restore { .. }) => human::project(r),
+        Command::Snapshot(SnapshotCommand::Create { .. }) => format!("{}\n", human::s(&r["id"])),
+        Command::Snapshot(SnapshotCommand::Ls { .. }) => human::snapshots(r),
+        Command::Snapshot(SnapshotCommand::Rm { .. }) => String::new(),
         Command::Logs { .. } => human::logs(r),
         Command::Path { .. } => format!("{}\n", r["path"].as_str().unwrap_or("-")),
         Command::Reconcile => human::reconcile(r),

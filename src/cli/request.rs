@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Read};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::Command;
+use super::{Command, SnapshotCommand};
 
 fn pairs(list: &[String], sep: char, what: &str) -> Result<BTreeMap<String, String>, String> {
     list.iter()
@@ -56,7 +56,30 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
         Command::Status { name } => ("project.status", json!({"name": name})),
         Command::Start { name } => ("project.start", json!({"name": name})),
         Command::Stop { name } => ("project.stop", json!({"name": name})),
-        Command::Rm { name, purge } => ("project.delete", json!({"name": name, "purge": purge})),
+        Command::Rm { name, purge, keep_snapshots } => {
+            let mut p = json!({"name": name, "purge": purge});
+            put(&mut p, "keep_snapshots", keep_snapshots.then(|| json!(true)));
+            ("project.delete", p)
+        }
+        Command::Snapshot(s) => match s {
+            SnapshotCommand::Create { name, label } => {
+                let mut p = json!({"name": name});
+                put(&mut p, "label", label.as_ref().map(|v| json!(v)));
+                ("snapshot.create", p)
+            }
+            SnapshotCommand::Ls { name } => {
+                let mut p = json!({});
+                put(&mut p, "name", name.as_ref().map(|v| json!(v)));
+                ("snapshot.list", p)
+            }
+            SnapshotCommand::Restore { name, id } => ("snapshot.restore", json!({"name": name, "id": id})),
+            SnapshotCommand::Rm { id } => ("snapshot.delete", json!({"id": id})),
+        },
+        Command::Fork { src, dst, snapshot } => {
+            let mut p = json!({"from": src, "name": dst});
+            put(&mut p, "snapshot", snapshot.as_ref().map(|v| json!(v)));
+            ("project.fork", p)
+        }
         Command::Logs { name, tail, .. } => {
             let mut p = json!({"name": name});
             put(&mut p, "tail", tail.map(|t| json!(t)));

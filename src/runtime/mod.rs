@@ -97,6 +97,22 @@ pub struct ContainerInfo {
     /// Made with berth-agent as its PID 1.
     #[serde(skip)]
     pub agent: bool,
+    /// Frozen by a pause (a snapshot being taken, or one a crash interrupted).
+    #[serde(skip)]
+    pub paused: bool,
+}
+
+/// An image berth committed for a snapshot (or a fork), as the engine lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotImage {
+    /// The engine's id of the image.
+    pub id: String,
+    /// Its snapshot-id label.
+    pub snapshot: String,
+    /// The project label: the project it was taken from.
+    pub project: Option<String>,
+    /// Its `repo:tag` names (none: a commit cut short by a crash, left untagged).
+    pub tags: Vec<String>,
 }
 
 /// One command to run, validated.
@@ -183,6 +199,36 @@ pub trait Runtime: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError>;
 
     async fn logs(&self, project: &ProjectName, tail: Option<u64>) -> Result<String, RuntimeError>;
+
+    /// Freezes (`true`) or thaws the project's container; idempotent.
+    async fn pause(&self, _project: &ProjectName, _paused: bool) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unavailable("snapshots need a container engine".into()))
+    }
+
+    /// Commits the project's container as `image`, labelled as snapshot `snapshot` of it.
+    async fn commit(
+        &self,
+        _project: &ProjectName,
+        _snapshot: &crate::snapshot::SnapshotId,
+        _image: &str,
+    ) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unavailable("snapshots need a container engine".into()))
+    }
+
+    /// Every snapshot image this daemon made (by its labels), in one call.
+    async fn snapshot_images(&self) -> Result<Vec<SnapshotImage>, RuntimeError> {
+        Ok(Vec::new())
+    }
+
+    /// Removes one image name; `Ok(false)` when the engine keeps the image because a
+    /// container uses it. A name that is not there is `Ok(true)`.
+    async fn remove_image(&self, _image: &str) -> Result<bool, RuntimeError> {
+        Ok(true)
+    }
+
+    async fn image_exists(&self, _image: &str) -> Result<bool, RuntimeError> {
+        Ok(false)
+    }
 
     /// Whether the project's agent answers (its container runs one and it replies).
     async fn agent_answers(&self, _project: &ProjectName) -> bool {

@@ -8,6 +8,7 @@
 //! worker; this type is not shared.
 
 mod activity;
+mod snapshots;
 mod thread;
 
 pub use thread::StoreThread;
@@ -82,6 +83,21 @@ const MIGRATIONS: &[&str] = &[
         timed_out   INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX activity_by_project ON activity (project, id);
+"#,
+    // Snapshots: the row is written (as `taking`) before anything is made, and deleted
+    // after everything it named is gone.
+    r#"
+    CREATE TABLE snapshots (
+        id              TEXT PRIMARY KEY NOT NULL,
+        project         TEXT NOT NULL,
+        label           TEXT NOT NULL,
+        created_ms      INTEGER NOT NULL,
+        image           TEXT NOT NULL,
+        workspace_bytes INTEGER NOT NULL,
+        state           TEXT NOT NULL,
+        settings        TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX snapshots_by_project ON snapshots (project, created_ms);
 "#,
 ];
 
@@ -208,7 +224,7 @@ impl Store {
                 p.status.as_str(),
                 json(p.env.as_map()),
                 json(&p.ports.to_wire()),
-                p.pending.map(Pending::as_str),
+                p.pending.as_ref().map(Pending::encode),
                 serde_json::to_string(&p.limits).unwrap_or_else(|_| "{}".into()),
             ],
         )?;
@@ -218,17 +234,22 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the row's mutable fields (status, last_used, image, pending); `Missing` if
-    /// there is no row to write.
+    /// Writes the row's mutable fields (everything but name and created: a restore puts
+    /// back a snapshot's settings); `Missing` if there is no row to write.
     pub fn update(&self, p: &Project) -> Result<(), StoreError> {
         let n = self.conn.execute(
-            "UPDATE projects SET status = ?2, last_used_ms = ?3, image = ?4, pending = ?5 WHERE name = ?1",
+            "UPDATE projects SET status = ?2, last_used_ms = ?3, image = ?4, pending = ?5, description = ?6,
+             env = ?7, ports = ?8, limits = ?9 WHERE name = ?1",
             params![
                 p.name.as_str(),
                 p.status.as_str(),
                 ms(p.last_used),
                 p.image.as_str(),
-                p.pending.map(Pending::as_str)
+                p.pending.as_ref().map(Pending::encode),
+                p.description,
+                json(p.env.as_map()),
+                json(&p.ports.to_wire()),
+                serde_json::to_string(&p.limits).unwrap_or_else(|_| "{}".into()),
             ],
         )?;
         if n == 0 {
@@ -359,11 +380,11 @@ mod tests {
         assert!(matches!(store.insert(&p), Err(StoreError::Exists(n)) if n == "alpha"));
         p.status = Status::Running;
         p.last_used += time::Duration::seconds(5);
-        p.pending = Some(Pending::Purge);
+        p.pending = Some(Pending::Purge { keep_snapshots: true });
         store.update(&p).unwrap();
         let got = store.get(&p.name).unwrap().unwrap();
         assert_eq!(got.status, Status::Running);
-        assert_eq!(got.pending, Some(Pending::Purge));
+        assert_eq!(got.pending, Some(Pending::Purge { keep_snapshots: true }));
         assert_eq!(got.limits.offline, Some(true));
         assert_eq!(got.last_used, p.last_used);
         assert_eq!(got.env, p.env);

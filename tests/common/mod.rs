@@ -288,6 +288,22 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         remove_containers(&self.prefix);
+        if self.state.join("snapshots").exists() {
+            remove_snapshot_images(&self.state);
+        }
+    }
+}
+
+/// Removes every snapshot image a daemon with state dir `state` made (by its label).
+pub fn remove_snapshot_images(state: &Path) {
+    let filter = format!("label=berth.state-dir={}", state.display());
+    let Ok(out) = Command::new("docker").args(["images", "-q", "--filter", &filter]).output() else { return };
+    let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    ids.sort();
+    ids.dedup();
+    if !ids.is_empty() {
+        let _ =
+            Command::new("docker").args(["rmi", "-f"]).args(&ids).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
 }
 

@@ -31,8 +31,11 @@ use tokio_util::sync::CancellationToken;
 use super::agent::{
     fits, AgentConn, AgentError, AgentExecError, Agents, AGENT_IN_CONTAINER, RUN_IN_CONTAINER, SOCKET_IN_CONTAINER,
 };
-use super::{Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, Runtime, RuntimeError, RuntimeKind};
+use super::{
+    Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, Runtime, RuntimeError, RuntimeKind, SnapshotImage,
+};
 use crate::config::Config;
+use crate::snapshot::{SnapshotId, SNAPSHOT_LABEL, STATE_LABEL};
 
 mod exec;
 use crate::model::{Profile, ProjectName};
@@ -137,6 +140,11 @@ impl DockerRuntime {
             }
             _ => Err(AgentError::Unavailable(format!("the container of project {project} is not running"))),
         }
+    }
+
+    /// The state dir this daemon serves, as the snapshot images' label names it.
+    fn state_dir(&self) -> String {
+        self.settings.projects_dir.parent().unwrap_or(&self.settings.projects_dir).display().to_string()
     }
 
     pub fn container_name(project: &ProjectName) -> String {
@@ -462,6 +470,7 @@ impl DockerRuntime {
                     created: c.created.map(|d| d.to_string()).unwrap_or_default(),
                     pid: state.pid.filter(|p| *p > 0).map(|p| p as u32),
                     agent: labels.get(AGENT_LABEL).map(String::as_str) == Some("1"),
+                    paused: state.paused.unwrap_or(false),
                 }))
             }
             Ok(Err(e)) if Self::is_not_found(&e) => Ok(None),
@@ -684,6 +693,7 @@ impl Runtime for DockerRuntime {
                         .unwrap_or_default(),
                     pid: None,
                     agent: labels.get(AGENT_LABEL).map(String::as_str) == Some("1"),
+                    paused: false,
                 }
             })
             .collect())
@@ -743,6 +753,102 @@ impl Runtime for DockerRuntime {
 
     fn agent_connected(&self, project: &ProjectName) -> bool {
         self.agents.as_ref().is_some_and(|a| a.cached(project).is_some())
+    }
+
+    async fn pause(&self, project: &ProjectName, paused: bool) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let name = Self::container_name(project);
+        if self.inspect_raw(&docker, project).await?.is_none() {
+            return Ok(());
+        }
+        let call = async {
+            match paused {
+                true => docker.pause_container(&name).await,
+                false => docker.unpause_container(&name).await,
+            }
+        };
+        match self.bounded(if paused { "pausing" } else { "unpausing" }, call).await {
+            // Already in that state, or not running (nothing to freeze).
+            Err(RuntimeError::Conflict(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn commit(&self, project: &ProjectName, snapshot: &SnapshotId, image: &str) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let name = Self::container_name(project);
+        if self.inspect_raw(&docker, project).await?.is_none() {
+            return Err(RuntimeError::NotFound(format!("project {project} has no container to commit")));
+        }
+        let (repo, tag) = split_image(image);
+        let s = &self.settings;
+        let labels = HashMap::from([
+            (s.label_project.clone(), project.to_string()),
+            (s.label_managed_by.clone(), MANAGED_BY.to_string()),
+            (SNAPSHOT_LABEL.to_string(), snapshot.to_string()),
+            (STATE_LABEL.to_string(), self.state_dir()),
+            // A container made from this image decides for itself whether it has an agent.
+            (AGENT_LABEL.to_string(), String::new()),
+        ]);
+        let opts = bollard::query_parameters::CommitContainerOptionsBuilder::new()
+            .container(&name)
+            .repo(repo)
+            .tag(tag)
+            .comment(&format!("berth snapshot {snapshot} of project {project}"))
+            .pause(false)
+            .build();
+        let config = bollard::models::ContainerConfig { labels: Some(labels), ..Default::default() };
+        // A commit writes the container's changes: it gets the pull's bound, not an API call's.
+        match tokio::time::timeout(s.pull_timeout, docker.commit_container(opts, config)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.fail(e).await),
+            Err(_) => Err(RuntimeError::Timeout(format!("committing {name}: not done within {:?}", s.pull_timeout))),
+        }
+    }
+
+    async fn snapshot_images(&self) -> Result<Vec<SnapshotImage>, RuntimeError> {
+        let docker = self.client().await?;
+        let s = &self.settings;
+        let managed = format!("{}={MANAGED_BY}", s.label_managed_by);
+        let state = format!("{STATE_LABEL}={}", self.state_dir());
+        let filters = HashMap::from([("label", vec![managed.as_str(), SNAPSHOT_LABEL, state.as_str()])]);
+        // `all`: an untagged image (a commit a crash cut short) is listed too.
+        let opts = bollard::query_parameters::ListImagesOptionsBuilder::new().all(true).filters(&filters).build();
+        let list = self.bounded("listing images", docker.list_images(Some(opts))).await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|i| {
+                Some(SnapshotImage {
+                    id: i.id.clone(),
+                    snapshot: i.labels.get(SNAPSHOT_LABEL)?.clone(),
+                    project: i.labels.get(&s.label_project).cloned(),
+                    tags: i.repo_tags.into_iter().filter(|t| t != "<none>:<none>").collect(),
+                })
+            })
+            .collect())
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<bool, RuntimeError> {
+        let docker = self.client().await?;
+        let opts = bollard::query_parameters::RemoveImageOptionsBuilder::new().force(false).build();
+        match tokio::time::timeout(self.settings.api_timeout * 4, docker.remove_image(image, Some(opts), None)).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) if Self::is_not_found(&e) => Ok(true),
+            // A container (a project restored or forked from it) still uses it.
+            Ok(Err(e)) if Self::is_conflict(&e) => Ok(false),
+            Ok(Err(e)) => Err(self.fail(e).await),
+            Err(_) => Err(RuntimeError::Timeout(format!("removing image {image}: no answer in time"))),
+        }
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
+        let docker = self.client().await?;
+        match tokio::time::timeout(self.settings.api_timeout, docker.inspect_image(image)).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) if Self::is_not_found(&e) => Ok(false),
+            Ok(Err(e)) => Err(self.fail(e).await),
+            Err(_) => Err(RuntimeError::Timeout(format!("inspecting image {image}: no answer in time"))),
+        }
     }
 
     async fn agent_answers(&self, project: &ProjectName) -> bool {

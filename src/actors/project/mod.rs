@@ -7,6 +7,8 @@
 //! Durable state is the registry row and the engine; a restarted actor rebuilds from the
 //! row in `pre_start` and from the engine in `post_start`.
 
+mod snapshots;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,6 +26,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind};
 use crate::model::{CreateSpec, ImageRef, Pending, Project, ProjectName, Status};
 use crate::runtime::{ContainerInfo, ContainerSpec, RuntimeError, RuntimeKind};
+use crate::snapshot::{Snapshot, SnapshotId};
 use crate::workspace::{WorkspaceError, Workspaces};
 
 pub struct ProjectActor;
@@ -68,11 +71,44 @@ pub enum ProjectMsg {
     },
     Start(RpcReplyPort<Result<Project, Error>>),
     Stop(RpcReplyPort<Result<Project, Error>>),
-    /// Replies with where the workspace went (`None`: purged, or there was none).
+    /// Replies with where the workspace went (`None`: purged, or there was none). The
+    /// project's snapshots go too, unless `keep_snapshots`.
     Delete {
         purge: bool,
+        keep_snapshots: bool,
         reply: RpcReplyPort<Result<Option<PathBuf>, Error>>,
     },
+    /// Takes a snapshot: container filesystem, workspace and settings.
+    Snapshot {
+        label: String,
+        reply: RpcReplyPort<Result<Snapshot, Error>>,
+    },
+    /// Puts the project back as it was at one of its snapshots.
+    Restore {
+        id: SnapshotId,
+        reply: RpcReplyPort<Result<Project, Error>>,
+    },
+    /// Deletes one of the project's snapshots.
+    DeleteSnapshot {
+        id: SnapshotId,
+        reply: RpcReplyPort<Result<(), Error>>,
+    },
+    /// To the actor of a project that does not exist yet: make it as a fork of `from`
+    /// (its current state, or one of its snapshots).
+    Fork {
+        from: ProjectName,
+        snapshot: Option<SnapshotId>,
+        reply: RpcReplyPort<Result<Project, Error>>,
+    },
+    /// From a fork's actor: commit this project's container as `id`'s image and copy its
+    /// workspace to `into` (a new workspace); replies with this project's settings.
+    CaptureInto {
+        id: SnapshotId,
+        into: PathBuf,
+        reply: RpcReplyPort<Result<Project, Error>>,
+    },
+    /// Finishes interrupted snapshot journals and prunes beyond `[snapshots] keep`.
+    SettleSnapshots(RpcReplyPort<Result<Vec<Change>, Error>>),
     /// Gets the project ready for one exec (starting or re-creating its container when it
     /// runs there) and hands out a lease.
     PrepareExec {
@@ -396,7 +432,7 @@ impl ProjectState {
     /// The intent is journaled in the row first, so a crash part-way is finished on
     /// restart. The container is stopped before the workspace moves; if the move fails,
     /// the container is started again and the row is left as it was.
-    async fn delete(&mut self, purge: bool) -> Result<Option<PathBuf>, Error> {
+    async fn delete(&mut self, purge: bool, keep_snapshots: bool) -> Result<Option<PathBuf>, Error> {
         let mut p = self.require()?;
         let has_container = matches!(p.status, Status::Running | Status::Stopped);
         if has_container && !self.ctx.runtimes.docker_available() {
@@ -407,7 +443,7 @@ impl ProjectState {
         }
         self.execs.cancel_all();
         let was_running = p.status == Status::Running;
-        p.pending = Some(if purge { Pending::Purge } else { Pending::Archive });
+        p.pending = Some(if purge { Pending::Purge { keep_snapshots } } else { Pending::Archive { keep_snapshots } });
         let p = self.save(p).await?;
         self.finish_delete(p, Some(was_running)).await
     }
@@ -418,6 +454,19 @@ impl ProjectState {
     /// and is retried by the next reconcile.
     async fn finish_delete(&mut self, mut p: Project, undo: Option<bool>) -> Result<Option<PathBuf>, Error> {
         let engine = self.ctx.runtimes.docker_available();
+        let keep_snapshots = matches!(
+            p.pending,
+            Some(Pending::Archive { keep_snapshots: true } | Pending::Purge { keep_snapshots: true })
+        );
+        if !keep_snapshots && engine {
+            if let Err(e) = self.delete_all_snapshots().await {
+                if undo.is_some() {
+                    p.pending = None;
+                    self.save(p).await?;
+                }
+                return Err(e);
+            }
+        }
         if engine {
             if let Err(e) = self.ctx.runtimes.docker.stop(&self.name).await {
                 let e = self.engine_err(e);
@@ -429,7 +478,7 @@ impl ProjectState {
             }
         }
         let moved = match p.pending {
-            Some(Pending::Purge) => self.ws(|w, n| w.purge(n)).await.map(|_| None),
+            Some(Pending::Purge { .. }) => self.ws(|w, n| w.purge(n)).await.map(|_| None),
             _ => self.ws(|w, n| w.archive(n, OffsetDateTime::now_utc())).await,
         };
         let archived = match moved {
@@ -456,6 +505,7 @@ impl ProjectState {
         let name = self.name.clone();
         self.registry(|r| RegistryMsg::Delete(name, r)).await??;
         self.project = None;
+        self.release_image(p.image.as_str()).await;
         match &archived {
             Some(path) => tracing::info!(project = %self.name, archived = %path.display(), "deleted project"),
             None => tracing::info!(project = %self.name, "deleted project and its workspace"),
@@ -467,6 +517,36 @@ impl ProjectState {
     /// `creating` (its container is made now if the engine answers, else it is `created`).
     async fn resume(&mut self) -> Result<Option<Change>, Error> {
         let Some(mut p) = self.project.clone() else { return Ok(None) };
+        match &p.pending {
+            Some(Pending::Restore(_) | Pending::Restored(_)) => {
+                if !self.ctx.runtimes.docker_available() {
+                    return Ok(None);
+                }
+                let from = p.status;
+                let p = self.finish_restore(p).await?;
+                tracing::warn!(project = %self.name, "finished an interrupted restore");
+                return Ok(Some(Change {
+                    name: self.name.to_string(),
+                    from: Some(from),
+                    to: Some(p.status),
+                    reason: "finished an interrupted restore".into(),
+                }));
+            }
+            Some(Pending::Fork) => {
+                if !self.ctx.runtimes.docker_available() {
+                    return Ok(None);
+                }
+                self.roll_back_fork().await;
+                tracing::warn!(project = %self.name, "rolled back an interrupted fork");
+                return Ok(Some(Change {
+                    name: self.name.to_string(),
+                    from: Some(p.status),
+                    to: None,
+                    reason: "rolled back an interrupted fork".into(),
+                }));
+            }
+            _ => {}
+        }
         if p.pending.is_some() {
             // A container can only be removed with the engine; without one, only a
             // project that never had a container can be finished.
@@ -578,6 +658,12 @@ impl ProjectState {
             return Ok(None);
         }
         let observed = self.ctx.runtimes.docker.inspect(&self.name).await.map_err(|e| self.engine_err(e))?;
+        if observed.as_ref().is_some_and(|c| c.paused) {
+            // Nothing of this actor is under way while it reconciles: a pause was left by a
+            // snapshot that a crash interrupted.
+            self.ctx.runtimes.docker.pause(&self.name, false).await.map_err(|e| self.engine_err(e))?;
+            tracing::warn!(project = %self.name, "thawed a container left paused by an interrupted snapshot");
+        }
         let (to, reason) = match (&observed, p.status) {
             (Some(c), _) if c.running => (Status::Running, "container is running"),
             (Some(_), _) => (Status::Stopped, "container is stopped"),
@@ -692,12 +778,30 @@ impl Actor for ProjectActor {
             ProjectMsg::Stop(reply) => {
                 let _ = reply.send(st.stop().await);
             }
-            ProjectMsg::Delete { purge, reply } => {
-                let res = st.delete(purge).await;
+            ProjectMsg::Delete { purge, keep_snapshots, reply } => {
+                let res = st.delete(purge, keep_snapshots).await;
                 if res.is_ok() {
                     st.ctx.execs.forget(&st.name);
                 }
                 let _ = reply.send(res);
+            }
+            ProjectMsg::Snapshot { label, reply } => {
+                let _ = reply.send(st.take_snapshot(label).await);
+            }
+            ProjectMsg::Restore { id, reply } => {
+                let _ = reply.send(st.restore(id).await);
+            }
+            ProjectMsg::DeleteSnapshot { id, reply } => {
+                let _ = reply.send(st.delete_snapshot(id).await);
+            }
+            ProjectMsg::Fork { from, snapshot, reply } => {
+                let _ = reply.send(st.fork(from, snapshot).await);
+            }
+            ProjectMsg::CaptureInto { id, into, reply } => {
+                let _ = reply.send(st.capture_into(id, into).await);
+            }
+            ProjectMsg::SettleSnapshots(reply) => {
+                let _ = reply.send(st.settle_snapshots().await);
             }
             ProjectMsg::PrepareExec { auto_create, ask, reply } => {
                 let _ = reply.send(st.prepare_exec(auto_create, ask).await);
@@ -709,7 +813,7 @@ impl Actor for ProjectActor {
                 let _ = reply.send(st.adopt(info).await);
             }
             ProjectMsg::ArchiveIfStale { cutoff, reply } => {
-                let res = if st.quiet_since(cutoff) { st.delete(false).await.map(|_| true) } else { Ok(false) };
+                let res = if st.quiet_since(cutoff) { st.delete(false, false).await.map(|_| true) } else { Ok(false) };
                 let _ = reply.send(res);
             }
             ProjectMsg::StopIfIdle { cutoff, reply } => {

@@ -1,0 +1,410 @@
+//! Copying a workspace tree on the host: for snapshots, restores and forks.
+//!
+//! The source is a workspace that a container may be writing to, and whose contents
+//! that container chose: every step is taken from a directory descriptor with
+//! `O_NOFOLLOW` and `AT_SYMLINK_NOFOLLOW`, so a symlink (or a directory swapped for one
+//! mid-copy) is copied as a link and never followed out of the tree. Files are cloned
+//! (`FICLONE`, a reflink) where the filesystem can, else copied in the kernel
+//! (`copy_file_range`); modes, owners (when berthd is root), times, hard links and FIFOs
+//! come along; sockets and device nodes are skipped. The destination must not exist: it
+//! is made here, and on any error the caller removes it (`remove_tree`), so a failed
+//! copy leaves nothing behind.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Room kept free on the destination's filesystem beyond what a copy writes.
+pub const RESERVE: u64 = 16 << 20;
+
+/// A failed copy: the path it was at and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct CopyError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+impl CopyError {
+    /// The destination's filesystem is full (or over quota).
+    pub fn no_space(&self) -> bool {
+        matches!(self.source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    }
+}
+
+fn at(path: &Path) -> impl FnOnce(io::Error) -> CopyError + '_ {
+    move |source| CopyError { path: path.to_path_buf(), source }
+}
+
+/// What a walk found: bytes of regular files (each hard-linked file once) and entries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+/// Opens a directory without following a link at its last component.
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: a valid C string; the fd is owned on success.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    owned(fd)
+}
+
+fn open_at(dir: &OwnedFd, name: &OsStr, flags: i32) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: a valid descriptor and C string; the fd is owned on success.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    owned(fd)
+}
+
+fn owned(fd: i32) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a name with NUL"))
+}
+
+fn stat_at(dir: &OwnedFd, name: &OsStr) -> io::Result<libc::stat> {
+    let c = cstr(name)?;
+    // SAFETY: a zeroed stat is a valid out-parameter.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor, C string and out-pointer.
+    let rc = unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
+    // SAFETY: as above.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and out-pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// The names in a directory held open (read through its descriptor, never by path).
+fn names(dir: &OwnedFd) -> io::Result<Vec<std::ffi::OsString>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))? {
+        out.push(e?.file_name());
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn kind(st: &libc::stat) -> u32 {
+    st.st_mode & libc::S_IFMT
+}
+
+/// Sums the tree under `src` (not following links): what a copy of it writes.
+pub fn measure(src: &Path) -> Result<Tally, CopyError> {
+    let root = open_dir(src).map_err(at(src))?;
+    let mut t = Tally::default();
+    let mut seen = HashMap::new();
+    measure_dir(&root, src, &mut t, &mut seen)?;
+    Ok(t)
+}
+
+fn measure_dir(dir: &OwnedFd, path: &Path, t: &mut Tally, seen: &mut HashMap<(u64, u64), ()>) -> Result<(), CopyError> {
+    for name in names(dir).map_err(at(path))? {
+        let p = path.join(&name);
+        let st = match stat_at(dir, &name) {
+            Ok(st) => st,
+            // Removed since the listing: a workspace in use changes under a walk.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(at(&p)(e)),
+        };
+        t.entries += 1;
+        match kind(&st) {
+            libc::S_IFDIR => match open_at(dir, &name, libc::O_RDONLY | libc::O_DIRECTORY) {
+                Ok(sub) => measure_dir(&sub, &p, t, seen)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(at(&p)(e)),
+            },
+            libc::S_IFREG if st.st_nlink <= 1 || seen.insert((st.st_dev, st.st_ino), ()).is_none() => {
+                t.bytes += st.st_size as u64;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Free bytes for an unprivileged writer on the filesystem holding `dir`.
+pub fn free_space(dir: &Path) -> io::Result<u64> {
+    let c = cstr(dir.as_os_str())?;
+    // SAFETY: a zeroed statvfs is a valid out-parameter.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
+}
+
+/// Removes a tree if it is there (a link is removed, never followed).
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Copies the tree under `src` to `dst`, which must not exist; returns what was copied.
+/// On error the partial `dst` is left for the caller to remove.
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<Tally, CopyError> {
+    let root = open_dir(src).map_err(at(src))?;
+    let st = fstat(&root).map_err(at(src))?;
+    std::fs::DirBuilder::new().mode(0o700).create(dst).map_err(at(dst))?;
+    let mut c = Copier { t: Tally::default(), links: HashMap::new(), root: is_root() };
+    c.dir(&root, src, dst)?;
+    c.finish(dst, &st, false)?;
+    Ok(c.t)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+struct Copier {
+    t: Tally,
+    /// Hard-linked files already copied: (dev, ino) of the source, path of the copy.
+    links: HashMap<(u64, u64), PathBuf>,
+    /// Owners are kept only when berthd may set them.
+    root: bool,
+}
+
+impl Copier {
+    fn dir(&mut self, dir: &OwnedFd, from: &Path, to: &Path) -> Result<(), CopyError> {
+        for name in names(dir).map_err(at(from))? {
+            let (src, dst) = (from.join(&name), to.join(&name));
+            let st = match stat_at(dir, &name) {
+                Ok(st) => st,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(at(&src)(e)),
+            };
+            match kind(&st) {
+                libc::S_IFDIR => {
+                    let sub = match open_at(dir, &name, libc::O_RDONLY | libc::O_DIRECTORY) {
+                        Ok(sub) => sub,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        // Swapped for a link (or a file) after the stat: not followed, not copied.
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => continue,
+                        Err(e) => return Err(at(&src)(e)),
+                    };
+                    std::fs::DirBuilder::new().mode(0o700).create(&dst).map_err(at(&dst))?;
+                    self.dir(&sub, &src, &dst)?;
+                    self.finish(&dst, &st, false)?;
+                }
+                libc::S_IFREG => self.file(dir, &name, &st, &src, &dst)?,
+                libc::S_IFLNK => {
+                    let target = readlink_at(dir, &name).map_err(at(&src))?;
+                    std::os::unix::fs::symlink(&target, &dst).map_err(at(&dst))?;
+                    self.finish(&dst, &st, true)?;
+                }
+                libc::S_IFIFO => {
+                    let c = cstr(dst.as_os_str()).map_err(at(&dst))?;
+                    // SAFETY: a valid C string.
+                    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } < 0 {
+                        return Err(at(&dst)(io::Error::last_os_error()));
+                    }
+                    self.finish(&dst, &st, false)?;
+                }
+                // Sockets and device nodes mean nothing in a copy.
+                _ => {
+                    tracing::debug!(path = %src.display(), "not copied: a socket or device node");
+                    continue;
+                }
+            }
+            self.t.entries += 1;
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, dir: &OwnedFd, name: &OsStr, st: &libc::stat, src: &Path, dst: &Path) -> Result<(), CopyError> {
+        if st.st_nlink > 1 {
+            if let Some(first) = self.links.get(&(st.st_dev, st.st_ino)) {
+                return std::fs::hard_link(first, dst).map_err(at(dst));
+            }
+        }
+        let fd = match open_at(dir, name, libc::O_RDONLY | libc::O_NONBLOCK) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => return Ok(()),
+            Err(e) => return Err(at(src)(e)),
+        };
+        let now = fstat(&fd).map_err(at(src))?;
+        if kind(&now) != libc::S_IFREG {
+            return Ok(());
+        }
+        let mut input = File::from(fd);
+        let mut out =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).map_err(at(dst))?;
+        // A reflink where the filesystem has them; otherwise the kernel copies
+        // (`std::io::copy` between files uses copy_file_range).
+        // SAFETY: two valid descriptors; FICLONE only reads the source's.
+        let cloned = unsafe { libc::ioctl(out.as_raw_fd(), FICLONE, input.as_raw_fd()) } == 0;
+        let bytes = if cloned { now.st_size as u64 } else { io::copy(&mut input, &mut out).map_err(at(dst))? };
+        self.t.bytes += bytes;
+        drop(out);
+        self.finish(dst, &now, false)?;
+        if st.st_nlink > 1 {
+            self.links.insert((st.st_dev, st.st_ino), dst.to_path_buf());
+        }
+        Ok(())
+    }
+
+    /// Owner (when root), mode and times of a copied entry, taken from the source's stat.
+    fn finish(&self, dst: &Path, st: &libc::stat, link: bool) -> Result<(), CopyError> {
+        let c = cstr(dst.as_os_str()).map_err(at(dst))?;
+        if self.root {
+            // SAFETY: a valid C string. Owner before mode: chown clears set-id bits.
+            if unsafe { libc::lchown(c.as_ptr(), st.st_uid, st.st_gid) } < 0 {
+                return Err(at(dst)(io::Error::last_os_error()));
+            }
+        }
+        if !link {
+            // SAFETY: a valid C string.
+            if unsafe { libc::chmod(c.as_ptr(), st.st_mode & 0o7777) } < 0 {
+                return Err(at(dst)(io::Error::last_os_error()));
+            }
+        }
+        let times = [
+            libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
+            libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
+        ];
+        // SAFETY: a valid C string and two timespecs.
+        if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } < 0 {
+            return Err(at(dst)(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+/// `_IOW(0x94, 9, int)`: clone a whole file (a reflink).
+const FICLONE: libc::c_ulong = 0x4004_9409;
+
+fn readlink_at(dir: &OwnedFd, name: &OsStr) -> io::Result<PathBuf> {
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: valid descriptor, C string and buffer of the given length.
+    let n = unsafe { libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(PathBuf::from(std::ffi::OsString::from(std::ffi::OsStr::from_bytes(&buf))))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    #[test]
+    fn a_tree_comes_across_whole_and_links_stay_links() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("a/b")).unwrap();
+        std::fs::write(src.join("a/b/data"), vec![7u8; 300_000]).unwrap();
+        std::fs::write(src.join("x.sh"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(src.join("x.sh"), std::fs::Permissions::from_mode(0o751)).unwrap();
+        std::fs::hard_link(src.join("x.sh"), src.join("x-again")).unwrap();
+        // A link out of the tree: copied as a link, never followed.
+        let secret = t.path().join("secret");
+        std::fs::write(&secret, b"host only").unwrap();
+        std::os::unix::fs::symlink(&secret, src.join("out")).unwrap();
+        std::os::unix::fs::symlink(t.path(), src.join("up")).unwrap();
+        let c = CString::new(src.join("pipe").as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
+
+        let measured = measure(&src).unwrap();
+        let dst = t.path().join("dst");
+        let copied = copy_tree(&src, &dst).unwrap();
+        assert_eq!(copied.bytes, 300_000 + 10);
+        assert_eq!(measured.bytes, copied.bytes, "measure counts what the copy writes");
+        assert_eq!(std::fs::read(dst.join("a/b/data")).unwrap(), vec![7u8; 300_000]);
+        assert_eq!(std::fs::metadata(dst.join("x.sh")).unwrap().permissions().mode() & 0o7777, 0o751);
+        assert_eq!(
+            std::fs::metadata(dst.join("x.sh")).unwrap().ino(),
+            std::fs::metadata(dst.join("x-again")).unwrap().ino(),
+            "hard links stay one file"
+        );
+        assert_eq!(std::fs::read_link(dst.join("out")).unwrap(), secret);
+        assert!(std::fs::symlink_metadata(dst.join("up")).unwrap().file_type().is_symlink());
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(dst.join("pipe")).unwrap().file_type().is_fifo());
+        assert_eq!(
+            std::fs::metadata(src.join("a/b/data")).unwrap().mtime(),
+            std::fs::metadata(dst.join("a/b/data")).unwrap().mtime(),
+            "times come along"
+        );
+        // The destination must be new: nothing is merged into an existing tree.
+        let e = copy_tree(&src, &dst).unwrap_err();
+        assert_eq!(e.source.kind(), io::ErrorKind::AlreadyExists, "{e}");
+    }
+
+    /// Running out of room mid-way is an error that says so (the caller then removes the
+    /// partial copy). Needs root for a small tmpfs to fill.
+    #[test]
+    fn a_full_filesystem_is_reported_as_such() {
+        if !is_root() {
+            assert!(std::env::var_os("REQUIRE_DOCKER").is_none(), "this test needs root (a tmpfs mount) under CI");
+            eprintln!("skipped: needs root to mount a small tmpfs");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (src, small) = (t.path().join("src"), t.path().join("small"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&small).unwrap();
+        for i in 0..4 {
+            std::fs::write(src.join(format!("f{i}")), vec![1u8; 1 << 20]).unwrap();
+        }
+        let (fs, target, opts) =
+            (CString::new("tmpfs").unwrap(), cstr(small.as_os_str()).unwrap(), CString::new("size=2m").unwrap());
+        // SAFETY: valid C strings.
+        let rc = unsafe { libc::mount(fs.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, opts.as_ptr().cast()) };
+        assert_eq!(rc, 0, "mount tmpfs: {}", io::Error::last_os_error());
+        struct Unmount(CString);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                // SAFETY: a valid C string.
+                unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        let _u = Unmount(target);
+        assert!(free_space(&small).unwrap() <= 2 << 20);
+        let e = copy_tree(&src, &small.join("copy")).unwrap_err();
+        assert!(e.no_space(), "{e}");
+        remove_tree(&small.join("copy")).unwrap();
+        assert_eq!(std::fs::read_dir(&small).unwrap().count(), 0, "the partial copy is gone");
+    }
+
+    #[test]
+    fn a_link_as_the_source_root_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("real"), t.path().join("link")).unwrap();
+        let e = copy_tree(&t.path().join("link"), &t.path().join("dst")).unwrap_err();
+        assert!(matches!(e.source.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)), "{e}");
+        assert!(!t.path().join("dst").exists());
+    }
+}
