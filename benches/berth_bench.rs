@@ -10,7 +10,9 @@
 //! daemon RSS), `reconcile` (200 containers: berth's reconcile vs one raw list call vs one
 //! raw inspect per container), `cp` (200 MiB as one file and as a tree of 2,000 files,
 //! into and out of a container: `berth cp` vs `docker cp` on the same container, with
-//! `berth`'s peak RSS). The raw baseline uses bollard directly; that is the point of
+//! `berth`'s peak RSS), `snapshot` (a project with a 200 MiB workspace and 50 MiB of
+//! changes in its container: snapshot, restore and fork vs the same by hand with `docker
+//! commit`, `docker run` and `cp -a`). The raw baseline uses bollard directly; that is the point of
 //! a baseline, and why this file (not `src/`) imports it.
 
 use std::collections::HashMap;
@@ -63,6 +65,9 @@ fn main() {
         }
         if wants("cp") {
             cp().await;
+        }
+        if wants("snapshot") {
+            snapshot().await;
         }
     });
 }
@@ -852,6 +857,143 @@ async fn cp() {
             );
         }
     }
+    drop(c);
+    d.stop();
+}
+
+// ---------------------------------------------------------------- snapshot
+
+/// Runs a command to its end and returns how long it took.
+fn timed(cmd: &mut Command) -> Duration {
+    let t = Instant::now();
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    t.elapsed()
+}
+
+fn sh(args: &[&str]) -> Duration {
+    timed(Command::new(args[0]).args(&args[1..]))
+}
+
+/// A project whose workspace holds 200 MiB of mixed files (one of 100 MiB, 2,000 of
+/// 50 KiB in 40 dirs) and whose container holds 50 MiB of changes: snapshot, restore and
+/// fork through berth, and the same by hand (`docker commit` + `cp -a`; `docker rm` +
+/// `docker run` + `cp -a`), alternately, 5 rounds, medians; the page cache is written
+/// back (`sync`) before each timed operation so one's writeback does not land on the next.
+async fn snapshot() {
+    const MIB: usize = 1 << 20;
+    let mut d = Daemon::new("[snapshots]\nkeep = 50\n");
+    d.start().await;
+    let mut c = Client::connect(&d.socket).await.unwrap();
+    let name = d.name("snap");
+    let p = c.ok("project.create", json!({"name": name})).await;
+    let ws = PathBuf::from(p["path"].as_str().unwrap());
+    std::fs::write(ws.join("big.bin"), noise(100 * MIB, 7)).unwrap();
+    for dir in 0..40 {
+        let sub = ws.join(format!("src/d{dir:02}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..50 {
+            std::fs::write(sub.join(format!("f{f:02}.txt")), noise(50 * 1024, (dir * 50 + f) as u64)).unwrap();
+        }
+    }
+    let container = format!("berth-{name}");
+    sh(&["docker", "exec", &container, "sh", "-c", "mkdir -p /opt/changes && for i in $(seq 1 50); do head -c 1048576 /dev/urandom > /opt/changes/c$i; done"]);
+    let scratch = tempfile::tempdir_in(d.state.parent().unwrap()).unwrap();
+    let by_hand_image = |i: usize| format!("berth-bench-hand:{}-{i}", d.prefix);
+    let hand_container = format!("{}-hand", d.prefix);
+    let run_by_hand = |image: &str, ws: &Path| {
+        let mount = format!("{}:/workspace", ws.display());
+        let label = format!("vega.project={}-hand", d.prefix);
+        sh(&["docker", "run", "-d", "--name", &hand_container, "--label", &label, "-v", &mount, "--entrypoint", "/bin/sh", image, "-c", "sleep 1000000"]);
+    };
+    println!("\n## snapshot: 200 MiB workspace, 50 MiB of container changes; berth vs by hand (median of 5, alternating; `sync` before each)");
+    println!("| operation | by hand | berth | berth / by hand |");
+    println!("|---|---|---|---|");
+    let (mut snap_b, mut snap_h, mut rest_b, mut rest_h, mut fork_b, mut fork_h, mut forkc_b, mut forkc_h) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut snapshots = Vec::new();
+    for round in 0..5 {
+        for side in [round % 2, 1 - round % 2] {
+            if side == 0 {
+                // berth: snapshot, restore it, fork from it, fork from the current state.
+                sh(&["sync"]);
+                let t = Instant::now();
+                let s = c.ok("snapshot.create", json!({"name": name})).await;
+                snap_b.push(t.elapsed());
+                let id = s["id"].as_str().unwrap().to_string();
+                snapshots.push(id.clone());
+                sh(&["sync"]);
+                let t = Instant::now();
+                c.ok("snapshot.restore", json!({"name": name, "id": id})).await;
+                rest_b.push(t.elapsed());
+                let fork = d.name(&format!("f{round}"));
+                sh(&["sync"]);
+                let t = Instant::now();
+                c.ok("project.fork", json!({"from": name, "name": fork, "snapshot": id})).await;
+                fork_b.push(t.elapsed());
+                c.ok("project.delete", json!({"name": fork, "purge": true})).await;
+                sh(&["sync"]);
+                let t = Instant::now();
+                c.ok("project.fork", json!({"from": name, "name": fork})).await;
+                forkc_b.push(t.elapsed());
+                c.ok("project.delete", json!({"name": fork, "purge": true})).await;
+            } else {
+                // By hand: the same four with docker and cp -a.
+                let image = by_hand_image(round);
+                let copy = scratch.path().join(format!("snap{round}"));
+                sh(&["sync"]);
+                let t = Instant::now();
+                sh(&["docker", "commit", "--pause=true", &container, &image]);
+                sh(&["cp", "-a", ws.to_str().unwrap(), copy.to_str().unwrap()]);
+                snap_h.push(t.elapsed());
+                // Restore: a new container from the image and the workspace copied back
+                // (into a scratch workspace: the project's own stays berth's).
+                let target = scratch.path().join("restored");
+                std::fs::create_dir_all(&target).unwrap();
+                sh(&["sync"]);
+                let t = Instant::now();
+                let _ = Command::new("docker").args(["rm", "-f", &hand_container]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+                sh(&["rm", "-rf", target.to_str().unwrap()]);
+                sh(&["cp", "-a", copy.to_str().unwrap(), target.to_str().unwrap()]);
+                run_by_hand(&image, &target);
+                rest_h.push(t.elapsed());
+                sh(&["docker", "rm", "-f", &hand_container]);
+                // Fork from the snapshot: copy and run.
+                let forked = scratch.path().join(format!("fork{round}"));
+                sh(&["sync"]);
+                let t = Instant::now();
+                sh(&["cp", "-a", copy.to_str().unwrap(), forked.to_str().unwrap()]);
+                run_by_hand(&image, &forked);
+                fork_h.push(t.elapsed());
+                sh(&["docker", "rm", "-f", &hand_container]);
+                sh(&["rm", "-rf", forked.to_str().unwrap()]);
+                // Fork from the current state: commit, copy and run.
+                let image2 = format!("{image}-cur");
+                sh(&["sync"]);
+                let t = Instant::now();
+                sh(&["docker", "commit", "--pause=true", &container, &image2]);
+                sh(&["cp", "-a", ws.to_str().unwrap(), forked.to_str().unwrap()]);
+                run_by_hand(&image2, &forked);
+                forkc_h.push(t.elapsed());
+                sh(&["docker", "rm", "-f", &hand_container]);
+                sh(&["rm", "-rf", forked.to_str().unwrap(), copy.to_str().unwrap()]);
+                let _ = Command::new("docker").args(["rmi", &image, &image2]).stdout(Stdio::null()).status();
+            }
+        }
+    }
+    for (what, b, h) in [
+        ("snapshot (commit + workspace copy)", snap_b, snap_h),
+        ("restore", rest_b, rest_h),
+        ("fork from a snapshot", fork_b, fork_h),
+        ("fork from the current state", forkc_b, forkc_h),
+    ] {
+        let (b, h) = (median(b), median(h));
+        println!("| {what} | {} | {} | {:.2}x |", ms(h), ms(b), b.as_secs_f64() / h.as_secs_f64());
+    }
+    for id in snapshots {
+        c.ok("snapshot.delete", json!({"id": id})).await;
+    }
+    c.ok("project.delete", json!({"name": name, "purge": true})).await;
     drop(c);
     d.stop();
 }

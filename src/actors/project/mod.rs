@@ -813,7 +813,8 @@ impl Actor for ProjectActor {
                 let _ = reply.send(st.adopt(info).await);
             }
             ProjectMsg::ArchiveIfStale { cutoff, reply } => {
-                let res = if st.quiet_since(cutoff) { st.delete(false, false).await.map(|_| true) } else { Ok(false) };
+                // Archiving is recoverable (the workspace is kept), so the snapshots are too.
+                let res = if st.quiet_since(cutoff) { st.delete(false, true).await.map(|_| true) } else { Ok(false) };
                 let _ = reply.send(res);
             }
             ProjectMsg::StopIfIdle { cutoff, reply } => {

@@ -24,13 +24,14 @@ use crate::snapshot::copy::{self, CopyError, RESERVE};
 use crate::snapshot::{Settings, Snapshot, SnapshotId, SnapshotState, IMAGE_REPO};
 
 impl ProjectState {
+    /// `what` names the operation and its project, e.g. "restore project web".
     fn need_engine(&self, what: &str) -> Result<(), Error> {
         if self.ctx.runtimes.docker_available() {
             return Ok(());
         }
         Err(Error::new(
             ErrorKind::RuntimeUnavailable,
-            format!("cannot {what} project {}: snapshots need the container engine, and none answers", self.name),
+            format!("cannot {what}: snapshots need the container engine, and none answers"),
         ))
     }
 
@@ -100,7 +101,10 @@ impl ProjectState {
     async fn copy_tree(&self, from: PathBuf, to: PathBuf) -> Result<u64, Error> {
         let name = self.name.clone();
         self.disk(move || match copy::copy_tree(&from, &to) {
-            Ok(t) => Ok(t.bytes),
+            Ok(t) => {
+                tracing::debug!(project = %name, from = %from.display(), bytes = t.bytes, entries = t.entries, "copied a workspace");
+                Ok(t.bytes)
+            }
             Err(e) => {
                 if let Err(r) = copy::remove_tree(&to) {
                     tracing::error!(path = %to.display(), error = %r, "could not remove a failed copy");
@@ -155,7 +159,7 @@ impl ProjectState {
 
     pub(super) async fn take_snapshot(&mut self, label: String) -> Result<Snapshot, Error> {
         let p = self.require_settled(|_| true)?;
-        self.need_engine("take a snapshot of")?;
+        self.need_engine(&format!("take a snapshot of project {}", self.name))?;
         let id = SnapshotId::new();
         let mut snap = Snapshot {
             image: id.image(),
@@ -247,7 +251,7 @@ impl ProjectState {
         if s.state == SnapshotState::Taking {
             return Err(Error::new(ErrorKind::Busy, format!("snapshot {id} is being taken; retry")));
         }
-        self.need_engine("delete a snapshot of")?;
+        self.need_engine(&format!("delete snapshot {id}"))?;
         self.remove_snapshot(s).await
     }
 
@@ -287,7 +291,7 @@ impl ProjectState {
         }
         match self.ctx.runtimes.docker.remove_image(image).await {
             Ok(true) => tracing::debug!(%image, "removed image"),
-            Ok(false) => tracing::debug!(%image, "image still used by a container; kept"),
+            Ok(false) => tracing::debug!(%image, "image still used by a container or a newer image built on it; kept"),
             Err(e) => tracing::warn!(%image, error = %e, "image not removed; reconcile retries"),
         }
     }
@@ -350,7 +354,7 @@ impl ProjectState {
     pub(super) async fn restore(&mut self, id: SnapshotId) -> Result<Project, Error> {
         let mut p = self.require_settled(|_| true)?;
         let s = self.own_snapshot(&id, &self.name.clone()).await?;
-        self.need_engine("restore")?;
+        self.need_engine(&format!("restore project {}", self.name))?;
         if !self.ctx.runtimes.docker.image_exists(&s.image).await.map_err(|e| self.engine_err(e))? {
             return Err(Error::new(
                 ErrorKind::RuntimeError,
@@ -452,7 +456,7 @@ impl ProjectState {
                 ),
             ));
         }
-        self.need_engine("fork")?;
+        self.need_engine(&format!("fork project {from} into {}", self.name))?;
         let source = match &snapshot {
             Some(id) => {
                 let s = self.own_snapshot(id, &from).await?;
@@ -572,7 +576,7 @@ impl ProjectState {
     /// workspace to `into`. Replies with the project as it was captured.
     pub(super) async fn capture_into(&mut self, id: SnapshotId, into: PathBuf) -> Result<Project, Error> {
         let p = self.require_settled(|_| true)?;
-        self.need_engine("fork")?;
+        self.need_engine(&format!("fork project {}", self.name))?;
         let image = id.image();
         self.capture(&p, &id, &image, into).await?;
         Ok(p)
