@@ -1,7 +1,8 @@
 //! `berth mcp` driven over stdio with raw JSON-RPC lines, as an MCP client would, against
 //! the real berthd and engine: the handshake, every tool's described schema, exec results
 //! (a non-zero exit is a result), berth's refusals as tool errors, file edits, progress
-//! streaming, cancellation killing the command, and background processes.
+//! streaming, cancellation killing the command, background processes, and snapshots,
+//! restore and fork.
 
 mod common;
 
@@ -139,7 +140,11 @@ fn every_tool_is_listed_with_a_described_schema() {
             "project_create",
             "project_delete",
             "project_exec",
+            "project_fork",
             "project_list",
+            "snapshot_create",
+            "snapshot_list",
+            "snapshot_restore",
         ]
     );
     for t in tools {
@@ -159,6 +164,24 @@ fn every_tool_is_listed_with_a_described_schema() {
     assert_eq!(required, ["command", "name"]);
     for f in ["workdir", "timeout", "stdin"] {
         assert!(exec["inputSchema"]["properties"][f].is_object(), "project_exec.{f} missing");
+    }
+    // The snapshot tools' fields, as the contract names them.
+    for (tool, want, optional) in [
+        ("snapshot_create", &["name"][..], &["label"][..]),
+        ("snapshot_list", &[], &["name"]),
+        ("snapshot_restore", &["id", "name"], &[]),
+        ("project_fork", &["from", "name"], &["snapshot"]),
+    ] {
+        let t = tools.iter().find(|t| t["name"] == tool).unwrap();
+        let schema = &t["inputSchema"];
+        let mut required: Vec<&str> =
+            schema["required"].as_array().into_iter().flatten().map(|v| v.as_str().unwrap()).collect();
+        required.sort();
+        assert_eq!(required, want, "{tool}: {schema}");
+        for f in want.iter().chain(optional) {
+            assert!(schema["properties"][f].is_object(), "{tool}.{f} missing: {schema}");
+        }
+        assert_eq!(schema["properties"].as_object().unwrap().len(), want.len() + optional.len(), "{tool}: {schema}");
     }
 }
 
@@ -351,6 +374,83 @@ fn background_processes() {
     // Parameters of the wrong shape are the client's mistake: a protocol error.
     let r = m.request("tools/call", json!({"name": "process_kill", "arguments": {"name": name}}));
     assert!(r.get("error").is_some() || r["result"]["isError"] == true, "{r}");
+}
+
+#[test]
+fn snapshots_restore_and_fork_through_tools() {
+    if !docker_available() {
+        return;
+    }
+    let d = Daemon::start("");
+    let (name, fork, old) = (d.name("mcpsnap"), d.name("mcpfork"), d.name("mcpold"));
+    let mut m = Mcp::start(&d.socket);
+    m.ok("project_create", json!({"name": name, "image": IMAGE}));
+    let (t, _) = m.ok("snapshot_list", json!({"name": name}));
+    assert_eq!(t, "no snapshots");
+
+    m.ok("file_write", json!({"name": name, "path": "w.txt", "content": "before\n"}));
+    let (t, s) = m.ok("snapshot_create", json!({"name": name, "label": "before the change"}));
+    let id = s["id"].as_str().unwrap_or_else(|| panic!("{s}")).to_string();
+    assert!(id.starts_with("snap-"), "{s}");
+    assert_eq!(s["project"], name.as_str());
+    assert_eq!(s["workspace_bytes"], 7);
+    assert!(t.contains(&id) && t.contains(&name) && t.contains("before the change"), "{t}");
+    let (t, s) = m.ok("snapshot_list", json!({"name": name}));
+    assert!(t.contains(&id) && t.contains("before the change"), "{t}");
+    assert_eq!(s["snapshots"][0]["id"], id.as_str(), "{s}");
+    let (t, s) = m.ok("snapshot_list", json!({}));
+    assert!(t.contains(&id), "{t}");
+    assert_eq!(s["snapshots"].as_array().unwrap().len(), 1, "{s}");
+
+    m.ok("file_write", json!({"name": name, "path": "w.txt", "content": "after\n"}));
+    m.ok("file_write", json!({"name": name, "path": "new.txt", "content": "new\n"}));
+    let (t, s) = m.ok("snapshot_restore", json!({"name": name, "id": id}));
+    assert!(t.contains(&id) && t.contains(&format!("{name}: running")), "{t}");
+    assert_eq!(s["name"], name.as_str());
+    assert_eq!(s["status"], "running");
+    let (t, _) = m.ok("file_read", json!({"name": name, "path": "w.txt"}));
+    assert_eq!(t, "before\n");
+    let t = m.tool_err("file_read", json!({"name": name, "path": "new.txt"}));
+    assert!(t.contains("new.txt"), "{t}");
+
+    // Forks: of the current state and of the snapshot, independent of the source.
+    m.ok("file_write", json!({"name": name, "path": "w.txt", "content": "now\n"}));
+    let (t, s) = m.ok("project_fork", json!({"from": name, "name": fork}));
+    assert!(t.contains(&format!("forked {name} into {fork}: running")), "{t}");
+    assert_eq!(s["name"], fork.as_str());
+    let (t, s) = m.ok("project_fork", json!({"from": name, "name": old, "snapshot": id}));
+    assert!(t.contains(&format!("forked {name} at snapshot {id} into {old}")), "{t}");
+    assert_eq!(s["status"], "running");
+    m.ok("file_write", json!({"name": fork, "path": "w.txt", "content": "fork\n"}));
+    assert_eq!(m.ok("file_read", json!({"name": name, "path": "w.txt"})).0, "now\n");
+    assert_eq!(m.ok("file_read", json!({"name": fork, "path": "w.txt"})).0, "fork\n");
+    assert_eq!(m.ok("file_read", json!({"name": old, "path": "w.txt"})).0, "before\n");
+
+    // Berth's refusals are tool errors naming what was wrong, and change nothing.
+    for (tool, args, named) in [
+        ("snapshot_restore", json!({"name": name, "id": "snap-000000000000"}), "snap-000000000000"),
+        ("snapshot_restore", json!({"name": name, "id": "latest"}), "latest"),
+        ("snapshot_restore", json!({"name": d.name("nope"), "id": id}), "nope"),
+        ("snapshot_create", json!({"name": d.name("nope")}), "nope"),
+        ("snapshot_create", json!({"name": name, "label": "a\nb"}), "a\\nb"),
+        ("snapshot_list", json!({"name": d.name("nope")}), "nope"),
+        ("project_fork", json!({"from": name, "name": fork}), &fork),
+        (
+            "project_fork",
+            json!({"from": name, "name": d.name("nope"), "snapshot": "snap-000000000000"}),
+            "snap-000000000000",
+        ),
+    ] {
+        let r = m.call(tool, args.clone());
+        assert_eq!(r["isError"], true, "{tool} {args} should be a tool error: {r}");
+        let t = text(&r);
+        assert!(t.contains(named), "{tool} {args}: the text names {named:?}: {t}");
+        assert!(r["structuredContent"]["error"]["kind"].is_string(), "{r}");
+    }
+    let (_, s) = m.ok("snapshot_list", json!({}));
+    assert_eq!(s["snapshots"].as_array().unwrap().len(), 1, "{s}");
+    let (t, _) = m.ok("project_list", json!({}));
+    assert_eq!(t.lines().count(), 3, "{t}");
 }
 
 #[test]

@@ -195,6 +195,38 @@ pub struct KillParams {
     pub signal: Option<String>,
 }
 
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct SnapshotCreateParams {
+    /// Project name.
+    pub name: String,
+    /// A note to recognise the snapshot by: up to 200 bytes, no control characters (default: none).
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct SnapshotListParams {
+    /// Only this project's snapshots (default: every project's).
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct SnapshotRestoreParams {
+    /// Project name.
+    pub name: String,
+    /// Snapshot id (snap- and 12 hex digits), as snapshot_create or snapshot_list gave it; a snapshot of this project.
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ForkParams {
+    /// The project to copy.
+    pub from: String,
+    /// Name of the new project: a-z, 0-9, then also _ . - (up to 63 characters); no project may have it yet.
+    pub name: String,
+    /// Copy this snapshot of `from` (an id as snapshot_list gives it) instead of its current state (default: its current state).
+    pub snapshot: Option<String>,
+}
+
 // ---- results ----------------------------------------------------------------------------
 
 type ToolResult = Result<CallToolResult, rmcp::ErrorData>;
@@ -265,6 +297,20 @@ fn process_line(p: &Value) -> String {
         v => v.to_string(),
     };
     format!("process {}: {state}: {cmd}", p["id"])
+}
+
+fn snapshot_line(s: &Value) -> String {
+    let mut line = format!(
+        "{}: snapshot of {} taken {}, workspace {} bytes",
+        s["id"].as_str().unwrap_or("?"),
+        s["project"].as_str().unwrap_or("?"),
+        s["created"].as_str().unwrap_or("?"),
+        s["workspace_bytes"],
+    );
+    if let Some(l) = s["label"].as_str().filter(|l| !l.is_empty()) {
+        line.push_str(&format!(", label {l:?}"));
+    }
+    line
 }
 
 fn sh(command: &str) -> Value {
@@ -592,6 +638,61 @@ impl Berth {
         }
         self.simple("process.kill", params, |v| ok(process_line(&v), v)).await
     }
+
+    #[tool(
+        description = "Take a snapshot of a project: its container's files (committed as an image), its workspace and its settings, to go back to with snapshot_restore or copy with project_fork. The daemon keeps each project's newest snapshots ([snapshots] keep, 10 out of the box) and prunes older ones."
+    )]
+    async fn snapshot_create(&self, Parameters(p): Parameters<SnapshotCreateParams>) -> ToolResult {
+        let mut params = json!({"name": p.name});
+        if let Some(l) = p.label {
+            params["label"] = json!(l);
+        }
+        self.simple("snapshot.create", params, |v| ok(format!("took {}", snapshot_line(&v)), v)).await
+    }
+
+    #[tool(description = "List snapshots, oldest first: of one project, or of every project.")]
+    async fn snapshot_list(&self, Parameters(p): Parameters<SnapshotListParams>) -> ToolResult {
+        let mut params = json!({});
+        if let Some(n) = p.name {
+            params["name"] = json!(n);
+        }
+        self.simple("snapshot.list", params, |v| {
+            let list = v.as_array().cloned().unwrap_or_default();
+            let text = if list.is_empty() {
+                "no snapshots".to_string()
+            } else {
+                list.iter().map(snapshot_line).collect::<Vec<_>>().join("\n")
+            };
+            ok(text, json!({"snapshots": list}))
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Put a project back as it was at one of its snapshots: its workspace, its container's files and its settings. Everything changed since is lost, and its running commands and background processes end; the snapshot stays."
+    )]
+    async fn snapshot_restore(&self, Parameters(p): Parameters<SnapshotRestoreParams>) -> ToolResult {
+        let id = p.id.clone();
+        self.simple("snapshot.restore", json!({"name": p.name, "id": p.id}), move |v| {
+            ok(format!("restored snapshot {id}: {}", project_line(&v)), v)
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Create a new project as a copy of another: of its current state (container files and workspace), or of one of its snapshots. The copy has the source's environment and limits but publishes no ports; afterwards the two are independent."
+    )]
+    async fn project_fork(&self, Parameters(p): Parameters<ForkParams>) -> ToolResult {
+        let mut params = json!({"from": p.from, "name": p.name});
+        let source = match &p.snapshot {
+            Some(id) => format!("{} at snapshot {id}", p.from),
+            None => p.from.clone(),
+        };
+        if let Some(id) = p.snapshot {
+            params["snapshot"] = json!(id);
+        }
+        self.simple("project.fork", params, move |v| ok(format!("forked {source} into {}", project_line(&v)), v)).await
+    }
 }
 
 /// The result of a finished exec: its exit code first, then stdout and stderr.
@@ -630,8 +731,9 @@ impl ServerHandler for Berth {
             .with_server_info(Implementation::new("berth", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "berth gives each project its own Docker container with a /workspace. Create a project, \
-                 run shell commands in it (project_exec), read and edit its files, and run background \
-                 processes. A command's non-zero exit is reported in the result, not as an error.",
+                 run shell commands in it (project_exec), read and edit its files, run background \
+                 processes, and take snapshots to go back to (snapshot_restore) or copy (project_fork). \
+                 A command's non-zero exit is reported in the result, not as an error.",
             )
     }
 }

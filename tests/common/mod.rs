@@ -295,13 +295,23 @@ impl Drop for Daemon {
 }
 
 /// Removes every snapshot image a daemon with state dir `state` made (by its label).
+///
+/// Newest first, as the engine lists them: a fork of a project that runs on a snapshot's
+/// image commits a child of that image, and the engine refuses to remove a parent (even
+/// with `-f`) before its children. A second pass takes whatever the first could not.
 pub fn remove_snapshot_images(state: &Path) {
     let filter = format!("label=berth.state-dir={}", state.display());
-    let Ok(out) = Command::new("docker").args(["images", "-q", "--filter", &filter]).output() else { return };
-    let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
-    ids.sort();
-    ids.dedup();
-    if !ids.is_empty() {
+    for _ in 0..2 {
+        let Ok(out) = Command::new("docker").args(["images", "-q", "--filter", &filter]).output() else { return };
+        let mut ids: Vec<String> = Vec::new();
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            if !ids.iter().any(|i| i == id) {
+                ids.push(id.to_string());
+            }
+        }
+        if ids.is_empty() {
+            return;
+        }
         let _ =
             Command::new("docker").args(["rmi", "-f"]).args(&ids).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }

@@ -5,7 +5,8 @@ The session fixture ``daemon`` builds nothing: it finds ``berthd`` at ``$BERTHD_
 test image with ``tests/image/build.sh`` if it is missing, starts berthd on a temp
 socket, config and state dir (as the Rust harness ``tests/common/mod.rs`` does), and
 at the end stops it and removes every container whose ``vega.project`` label starts
-with this session's unique prefix — also when tests failed.
+with this session's unique prefix, and every snapshot image labelled with its state dir
+(``berth.state-dir=<dir>``) — also when tests failed.
 
 Without a Docker engine every test that needs the daemon is skipped, unless
 ``REQUIRE_DOCKER=1``, which makes that a failure.
@@ -35,6 +36,8 @@ LABEL = "vega.project"
 # A small max_output so that read_file of a few MiB needs several pieces, as writing
 # them needs several lines under max_line.
 CONFIG = f'[docker]\ndefault_image = "{IMAGE}"\n\n[exec]\nmax_output = "2MiB"\n'
+#: A config whose engine never answers: projects stay ``created``, with no container.
+OFFLINE_CONFIG = f'[docker]\nhost = "unix:///nonexistent/berth-py-test.sock"\ndefault_image = "{IMAGE}"\n'
 
 
 def _docker_answers() -> bool:
@@ -75,10 +78,33 @@ def remove_containers(prefix: str) -> None:
         subprocess.run(["docker", "rm", "-f", *ids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
 
 
+def remove_snapshot_images(state: Path) -> None:
+    """Removes every image labelled ``berth.state-dir=<state>``: the snapshots (and fork
+    images) the daemon with that state dir committed.
+
+    Newest first, as the engine lists them: a fork of a project running on a snapshot's
+    image commits a child of it, and the engine removes no parent (even with ``-f``)
+    before its children. A second pass takes whatever the first could not."""
+    for _ in range(2):
+        try:
+            out = subprocess.run(
+                ["docker", "images", "-q", "--filter", f"label=berth.state-dir={state}"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        ids = list(dict.fromkeys(out.split()))
+        if not ids:
+            return
+        subprocess.run(["docker", "rmi", "-f", *ids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+
+
 class Daemon:
     """One berthd on a temp socket, config and state dir."""
 
-    def __init__(self, binary: str, extra_config: str = "") -> None:
+    def __init__(self, binary: str, extra_config: str = "", *, config: str = CONFIG) -> None:
         self.binary = binary
         self.dir = Path(tempfile.mkdtemp(prefix="berth-py-"))
         # Traversable, not listable, like /var/lib (as the Rust harness does).
@@ -86,7 +112,7 @@ class Daemon:
         self.socket = str(self.dir / "run" / "berth.sock")
         self.state = self.dir / "state"
         self.config = self.dir / "berth.toml"
-        self.config.write_text(CONFIG + extra_config)
+        self.config.write_text(config + extra_config)
         self.log = self.dir / "berthd.log"
         #: Every project name of this session starts with it (and so do the labels).
         self.prefix = "py" + secrets.token_hex(4)
@@ -148,6 +174,7 @@ class Daemon:
                     self.proc.wait()
         finally:
             remove_containers(self.prefix)
+            remove_snapshot_images(self.state)
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def name(self, what: str) -> str:
@@ -214,6 +241,17 @@ def _cleanup(socket_path: str, names: List[str]) -> None:
                 pass
 
 
+@pytest.fixture
+def cleanup(daemon: Daemon) -> Iterator[List[str]]:
+    """Project names to delete (purged, with their snapshots) after the test, whatever
+    its outcome."""
+    names: List[str] = []
+    try:
+        yield names
+    finally:
+        _cleanup(daemon.socket, names)
+
+
 @pytest.fixture(scope="module")
 def project(daemon: Daemon, request: pytest.FixtureRequest) -> Iterator[str]:
     """A running project shared by a module's tests; deleted (purged) after them."""
@@ -230,6 +268,17 @@ def project(daemon: Daemon, request: pytest.FixtureRequest) -> Iterator[str]:
 def idle_daemon(daemon: Daemon) -> Iterator[Daemon]:
     """A second berthd that closes connections after 1 s with nothing in flight."""
     d = Daemon(daemon.binary, '\n[server]\nidle_timeout = "1s"\n')
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture
+def offline_daemon(daemon: Daemon) -> Iterator[Daemon]:
+    """A second berthd that finds no engine (and does not run commands on the host)."""
+    d = Daemon(daemon.binary, config=OFFLINE_CONFIG)
     try:
         d.start()
         yield d

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import Any, List
 
 import pytest
 from conftest import REPO, Daemon
@@ -51,6 +51,7 @@ def test_sdk_lists_tools_and_runs_a_project(daemon: Daemon, name: str) -> None:
         tools = (await s.list_tools()).tools
         names = {t.name for t in tools}
         assert {"project_create", "project_exec", "file_read", "file_edit", "process_spawn"} <= names
+        assert {"snapshot_create", "snapshot_list", "snapshot_restore", "project_fork"} <= names
         for t in tools:
             assert t.description
             for field, schema in t.input_schema.get("properties", {}).items():
@@ -90,5 +91,54 @@ def test_sdk_lists_tools_and_runs_a_project(daemon: Daemon, name: str) -> None:
 
         r = await s.call_tool("project_delete", {"name": name, "purge": True})
         assert not r.is_error, text_of(r)
+
+    asyncio.run(session_run(daemon.socket, body))
+
+
+def test_sdk_snapshot_restore_and_fork(daemon: Daemon, cleanup: List[str]) -> None:
+    name, fork = daemon.name("mcp-snap"), daemon.name("mcp-fork")
+    cleanup.extend([name, fork])
+
+    async def body(s: ClientSession) -> None:
+        tools = {t.name: t for t in (await s.list_tools()).tools}
+        assert set(tools["project_fork"].input_schema["required"]) == {"from", "name"}
+        assert set(tools["snapshot_restore"].input_schema["required"]) == {"name", "id"}
+
+        r = await s.call_tool("project_create", {"name": name})
+        assert not r.is_error, text_of(r)
+        r = await s.call_tool("file_write", {"name": name, "path": "w.txt", "content": "before\n"})
+        assert not r.is_error, text_of(r)
+
+        r = await s.call_tool("snapshot_create", {"name": name, "label": "sdk"})
+        assert not r.is_error, text_of(r)
+        snap = r.structured_content
+        assert snap["project"] == name and snap["label"] == "sdk" and snap["id"].startswith("snap-")
+        assert snap["id"] in text_of(r)
+        r = await s.call_tool("snapshot_list", {"name": name})
+        assert not r.is_error, text_of(r)
+        assert [x["id"] for x in r.structured_content["snapshots"]] == [snap["id"]]
+
+        r = await s.call_tool("file_write", {"name": name, "path": "w.txt", "content": "after\n"})
+        assert not r.is_error, text_of(r)
+        r = await s.call_tool("snapshot_restore", {"name": name, "id": snap["id"]})
+        assert not r.is_error, text_of(r)
+        assert r.structured_content["name"] == name and r.structured_content["status"] == "running"
+        r = await s.call_tool("file_read", {"name": name, "path": "w.txt"})
+        assert text_of(r) == "before\n"
+
+        r = await s.call_tool("project_fork", {"from": name, "name": fork, "snapshot": snap["id"]})
+        assert not r.is_error, text_of(r)
+        assert r.structured_content["name"] == fork
+        r = await s.call_tool("file_write", {"name": fork, "path": "w.txt", "content": "fork\n"})
+        assert not r.is_error, text_of(r)
+        r = await s.call_tool("file_read", {"name": name, "path": "w.txt"})
+        assert text_of(r) == "before\n"
+
+        # A bad or unknown id is a tool error naming it, not a protocol failure.
+        for bad in ("snap-000000000000", "latest"):
+            r = await s.call_tool("snapshot_restore", {"name": name, "id": bad})
+            assert r.is_error and bad in text_of(r), text_of(r)
+        r = await s.call_tool("project_fork", {"from": name, "name": fork})
+        assert r.is_error and fork in text_of(r)
 
     asyncio.run(session_run(daemon.socket, body))

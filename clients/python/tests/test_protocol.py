@@ -229,6 +229,60 @@ def test_reads_go_in_pieces_until_eof() -> None:
     assert out == data
 
 
+SNAPSHOT = {
+    "id": "snap-0123456789ab",
+    "project": "p",
+    "label": "l",
+    "created": "2025-01-01T00:00:00Z",
+    "image": "berth-snapshot:snap-0123456789ab",
+    "workspace_bytes": 7,
+    "base_image": "busybox:latest",
+}
+PROJECT = {"name": "q", "status": "running", "image": "berth-snapshot:snap-0123456789ab"}
+
+
+@pytest.mark.parametrize(
+    "op, method, params, result",
+    [
+        (ops.snapshot_create("p", None), "snapshot.create", {"name": "p"}, SNAPSHOT),
+        (ops.snapshot_create("p", "l"), "snapshot.create", {"name": "p", "label": "l"}, SNAPSHOT),
+        (ops.snapshot_list(None), "snapshot.list", {}, [SNAPSHOT]),
+        (ops.snapshot_list("p"), "snapshot.list", {"name": "p"}, [SNAPSHOT]),
+        (ops.snapshot_restore("p", "snap-0123456789ab"), "snapshot.restore", {"name": "p", "id": "snap-0123456789ab"},
+         PROJECT),
+        (ops.snapshot_delete("snap-0123456789ab"), "snapshot.delete", {"id": "snap-0123456789ab"}, {}),
+        (ops.fork("p", "q", None), "project.fork", {"from": "p", "name": "q"}, PROJECT),
+        (ops.fork("p", "q", "snap-0123456789ab"), "project.fork",
+         {"from": "p", "name": "q", "snapshot": "snap-0123456789ab"}, PROJECT),
+        (ops.delete("p", False, False), "project.delete", {"name": "p"}, {}),
+        (ops.delete("p", True, True), "project.delete", {"name": "p", "purge": True, "keep_snapshots": True},
+         {"purged": True}),
+    ],
+)  # fmt: skip
+def test_snapshot_calls(op: "ops.Op[Any]", method: str, params: Dict[str, Any], result: Any) -> None:
+    call = next(op)
+    assert isinstance(call, Call) and (call.method, call.params) == (method, params)
+    try:
+        op.send(call.parse(result, {}))
+        raise AssertionError("the operation made a second call")
+    except StopIteration as stop:
+        value = stop.value
+    if method == "snapshot.delete":
+        assert value is None
+    elif method == "project.delete":
+        assert value == result
+    elif method in ("snapshot.restore", "project.fork"):
+        assert isinstance(value, berth.Project) and value.name == "q"
+    else:
+        snaps = value if isinstance(value, list) else [value]
+        assert [type(s) for s in snaps] == [berth.Snapshot]
+        s = snaps[0]
+        assert (s.id, s.project, s.label, s.image, s.workspace_bytes, s.base_image) == (
+            "snap-0123456789ab", "p", "l", "berth-snapshot:snap-0123456789ab", 7, "busybox:latest"
+        )  # fmt: skip
+        assert s.raw == SNAPSHOT
+
+
 def test_socket_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BERTH_SOCKET", "/env/berth.sock")
     assert berth.Client("/given.sock").socket == "/given.sock"
@@ -272,5 +326,6 @@ def test_async_client_mirrors_client() -> None:
         "info", "create", "get_or_create", "get", "list", "start", "stop", "delete", "status", "logs", "path",
         "exec", "reconcile", "archive_stale", "read_file", "write_file", "append_file", "list_files", "stat",
         "remove", "mkdir", "fs_read", "spawn", "processes", "process_output", "wait", "kill", "send_input",
+        "snapshot_create", "snapshot_list", "snapshot_restore", "snapshot_delete", "fork",
     ]:  # fmt: skip
         assert m in sync, m

@@ -41,6 +41,7 @@ from .types import (
     Project,
     ProjectLogs,
     ProjectStatus,
+    Snapshot,
     WriteResult,
 )
 
@@ -74,4 +75,5 @@ __all__ = [
     "WriteResult",
     "Process",
     "ProcessOutput",
+    "Snapshot",
 ]

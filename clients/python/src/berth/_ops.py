@@ -27,6 +27,7 @@ from .types import (
     Project,
     ProjectLogs,
     ProjectStatus,
+    Snapshot,
     WriteResult,
 )
 
@@ -293,6 +294,20 @@ def parse_process_output(r: Any, streamed: Dict[str, bytes]) -> ProcessOutput:
     )
 
 
+def parse_snapshot(r: Any) -> Snapshot:
+    r = _dict(r, "snapshot")
+    return Snapshot(
+        id=r["id"],
+        project=r.get("project", ""),
+        label=r.get("label", ""),
+        created=r.get("created", ""),
+        image=r.get("image", ""),
+        workspace_bytes=r.get("workspace_bytes", 0),
+        base_image=r.get("base_image"),
+        raw=r,
+    )
+
+
 def parse_limits(r: Any) -> Limits:
     r = _dict(r, "daemon.info result")
     max_line = r.get("max_line")
@@ -364,10 +379,12 @@ def list_projects() -> Op[List[Project]]:
     return (yield _call("project.list", {}, lambda r: [parse_project(p) for p in _list(r, "project.list result")]))
 
 
-def delete(name: str, purge: bool) -> Op[Dict[str, Any]]:
+def delete(name: str, purge: bool, keep_snapshots: bool) -> Op[Dict[str, Any]]:
     params: Dict[str, Any] = {"name": name}
     if purge:
         params["purge"] = True
+    if keep_snapshots:
+        params["keep_snapshots"] = True
     return (yield _call("project.delete", params, lambda r: _dict(r, "project.delete result")))
 
 
@@ -433,6 +450,35 @@ def archive_stale() -> Op[List[str]]:
             "janitor.archive_stale", {}, lambda r: list(_dict(r, "janitor.archive_stale result").get("archived") or [])
         )
     )
+
+
+# --- snapshots -------------------------------------------------------------------------
+
+
+def snapshot_create(name: str, label: Optional[str]) -> Op[Snapshot]:
+    return (yield _call("snapshot.create", _put({"name": name}, label=label), parse_snapshot))
+
+
+def snapshot_list(name: Optional[str]) -> Op[List[Snapshot]]:
+    return (
+        yield _call(
+            "snapshot.list", _put({}, name=name), lambda r: [parse_snapshot(s) for s in _list(r, "snapshot.list")]
+        )
+    )
+
+
+def snapshot_restore(name: str, id: str) -> Op[Project]:
+    return (yield _call("snapshot.restore", {"name": name, "id": id}, parse_project))
+
+
+def snapshot_delete(id: str) -> Op[None]:
+    yield _call("snapshot.delete", {"id": id})
+    return None
+
+
+def fork(from_project: str, name: str, snapshot: Optional[str]) -> Op[Project]:
+    params = _put({"from": from_project, "name": name}, snapshot=snapshot)
+    return (yield _call("project.fork", params, parse_project))
 
 
 # --- files -----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from .types import (
     Project,
     ProjectLogs,
     ProjectStatus,
+    Snapshot,
     WriteResult,
 )
 
@@ -330,8 +331,8 @@ class AsyncClient:
     async def stop(self, name: str) -> Project:
         return await self._drive(ops.by_name("project.stop", name))
 
-    async def delete(self, name: str, purge: bool = False) -> Dict[str, Any]:
-        return await self._drive(ops.delete(name, purge))
+    async def delete(self, name: str, purge: bool = False, keep_snapshots: bool = False) -> Dict[str, Any]:
+        return await self._drive(ops.delete(name, purge, keep_snapshots))
 
     async def status(self, name: str) -> ProjectStatus:
         return await self._drive(ops.status(name))
@@ -380,9 +381,22 @@ class AsyncClient:
     async def archive_stale(self) -> List[str]:
         return await self._drive(ops.archive_stale())
 
-    # TODO(snapshots): snapshot_create / snapshot_list / snapshot_restore / snapshot_delete
-    # and fork (`snapshot.*`, `project.fork`) once berthd implements them; until then
-    # `call("snapshot.create", {...})` reaches them without a typed method.
+    # --- snapshots -----------------------------------------------------------------
+
+    async def snapshot_create(self, name: str, label: Optional[str] = None) -> Snapshot:
+        return await self._drive(ops.snapshot_create(name, label))
+
+    async def snapshot_list(self, name: Optional[str] = None) -> List[Snapshot]:
+        return await self._drive(ops.snapshot_list(name))
+
+    async def snapshot_restore(self, name: str, id: str) -> Project:
+        return await self._drive(ops.snapshot_restore(name, id))
+
+    async def snapshot_delete(self, id: str) -> None:
+        return await self._drive(ops.snapshot_delete(id))
+
+    async def fork(self, from_project: str, name: str, snapshot: Optional[str] = None) -> Project:
+        return await self._drive(ops.fork(from_project, name, snapshot))
 
     # --- files ---------------------------------------------------------------------
 

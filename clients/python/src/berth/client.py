@@ -23,6 +23,7 @@ from .types import (
     Project,
     ProjectLogs,
     ProjectStatus,
+    Snapshot,
     WriteResult,
 )
 
@@ -337,10 +338,12 @@ class Client:
         """``project.stop``: stops the project's container (its background processes end)."""
         return self._drive(ops.by_name("project.stop", name))
 
-    def delete(self, name: str, purge: bool = False) -> Dict[str, Any]:
+    def delete(self, name: str, purge: bool = False, keep_snapshots: bool = False) -> Dict[str, Any]:
         """``project.delete``: removes the container and the registry entry; the
-        workspace moves to the archive (``{"archived": path}``) unless ``purge``."""
-        return self._drive(ops.delete(name, purge))
+        workspace moves to the archive (``{"archived": path}``) unless ``purge``. The
+        project's snapshots are deleted too, unless ``keep_snapshots`` (kept ones stay
+        listed under the name and can be forked from)."""
+        return self._drive(ops.delete(name, purge, keep_snapshots))
 
     def status(self, name: str) -> ProjectStatus:
         """``project.status``: the live container's state."""
@@ -401,9 +404,39 @@ class Client:
         """``janitor.archive_stale``: archives stale projects now; returns their names."""
         return self._drive(ops.archive_stale())
 
-    # TODO(snapshots): snapshot_create / snapshot_list / snapshot_restore / snapshot_delete
-    # and fork (`snapshot.*`, `project.fork`) once berthd implements them; until then
-    # `call("snapshot.create", {...})` reaches them without a typed method.
+    # --- snapshots -----------------------------------------------------------------
+
+    def snapshot_create(self, name: str, label: Optional[str] = None) -> Snapshot:
+        """``snapshot.create``: takes a snapshot of the project: its container (paused a
+        moment) is committed as an image and its workspace copied. The daemon keeps the
+        newest ``[snapshots] keep`` of a project (10 by default) and prunes the older ones.
+        No room on the disk: :class:`~berth.TooLarge`."""
+        return self._drive(ops.snapshot_create(name, label))
+
+    def snapshot_list(self, name: Optional[str] = None) -> List[Snapshot]:
+        """``snapshot.list``: the snapshots of project ``name`` (also one deleted with
+        ``keep_snapshots``), or of every project, oldest first."""
+        return self._drive(ops.snapshot_list(name))
+
+    def snapshot_restore(self, name: str, id: str) -> Project:
+        """``snapshot.restore``: puts project ``name`` back as it was at snapshot ``id``:
+        its workspace, its container's files (the container is re-created from the
+        snapshot's image, so its processes end) and its settings. A snapshot of another
+        project is :class:`~berth.InvalidParams`; an unknown id :class:`~berth.NotFound`."""
+        return self._drive(ops.snapshot_restore(name, id))
+
+    def snapshot_delete(self, id: str) -> None:
+        """``snapshot.delete``: deletes the snapshot's image and workspace copy (an image
+        a project still runs on stays until that project goes)."""
+        return self._drive(ops.snapshot_delete(id))
+
+    def fork(self, from_project: str, name: str, snapshot: Optional[str] = None) -> Project:
+        """``project.fork``: a new project ``name`` from ``from_project``'s current state
+        (its container and workspace, captured now), or from its snapshot ``snapshot``.
+        The fork takes the source's env and limits, publishes no ports, and is
+        independent of the source from then on. A taken name is
+        :class:`~berth.AlreadyExists`."""
+        return self._drive(ops.fork(from_project, name, snapshot))
 
     # --- files ---------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ __all__ = [
     "WriteResult",
     "Process",
     "ProcessOutput",
+    "Snapshot",
 ]
 
 
@@ -224,3 +225,23 @@ class ProcessOutput:
     @property
     def stderr_text(self) -> str:
         return _text(self.stderr)
+
+
+@dataclass
+class Snapshot:
+    """A snapshot of a project: its container committed as an image, a copy of its
+    workspace, and its settings (env, ports, limits, description)."""
+
+    #: ``snap-`` and 12 hex digits.
+    id: str
+    #: The project it was taken of (which may since be deleted, with ``keep_snapshots``).
+    project: str
+    label: str
+    created: str
+    #: The committed image: ``berth-snapshot:<id>``.
+    image: str
+    #: The size of the workspace copy (bytes).
+    workspace_bytes: int
+    #: The image the project ran when the snapshot was taken.
+    base_image: Optional[str] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
