@@ -897,89 +897,115 @@ async fn snapshot() {
         }
     }
     let container = format!("berth-{name}");
-    sh(&["docker", "exec", &container, "sh", "-c", "mkdir -p /opt/changes && for i in $(seq 1 50); do head -c 1048576 /dev/urandom > /opt/changes/c$i; done"]);
+    sh(&[
+        "docker",
+        "exec",
+        &container,
+        "sh",
+        "-c",
+        "mkdir -p /opt/changes && for i in $(seq 1 50); do head -c 1048576 /dev/urandom > /opt/changes/c$i; done",
+    ]);
     let scratch = tempfile::tempdir_in(d.state.parent().unwrap()).unwrap();
     let by_hand_image = |i: usize| format!("berth-bench-hand:{}-{i}", d.prefix);
     let hand_container = format!("{}-hand", d.prefix);
     let run_by_hand = |image: &str, ws: &Path| {
         let mount = format!("{}:/workspace", ws.display());
         let label = format!("vega.project={}-hand", d.prefix);
-        sh(&["docker", "run", "-d", "--name", &hand_container, "--label", &label, "-v", &mount, "--entrypoint", "/bin/sh", image, "-c", "sleep 1000000"]);
+        sh(&[
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            &hand_container,
+            "--label",
+            &label,
+            "-v",
+            &mount,
+            "--entrypoint",
+            "/bin/sh",
+            image,
+            "-c",
+            "sleep 1000000",
+        ]);
     };
-    println!("\n## snapshot: 200 MiB workspace, 50 MiB of container changes; berth vs by hand (median of 5, alternating; `sync` before each)");
+    println!("\n## snapshot: 200 MiB workspace, 50 MiB of container changes; berth vs by hand (median of 5; each operation on both sides back to back, order flipping; `sync` before each)");
     println!("| operation | by hand | berth | berth / by hand |");
     println!("|---|---|---|---|");
-    let (mut snap_b, mut snap_h, mut rest_b, mut rest_h, mut fork_b, mut fork_h, mut forkc_b, mut forkc_h) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut snap_b, mut snap_h, mut rest_b, mut rest_h) = (vec![], vec![], vec![], vec![]);
+    let (mut fork_b, mut fork_h, mut forkc_b, mut forkc_h) = (vec![], vec![], vec![], vec![]);
     let mut snapshots = Vec::new();
+    let fork = d.name("fork");
     for round in 0..5 {
-        for side in [round % 2, 1 - round % 2] {
-            if side == 0 {
-                // berth: snapshot, restore it, fork from it, fork from the current state.
+        let image = by_hand_image(round);
+        let copy = scratch.path().join(format!("snap{round}"));
+        let forked = scratch.path().join("fork");
+        let target = scratch.path().join("restored");
+        let mut id = String::new();
+        // Each operation on both sides back to back (which side goes first flips each
+        // round), so both meet the same disk weather.
+        for op in 0..4 {
+            for side in [round % 2, 1 - round % 2] {
                 sh(&["sync"]);
                 let t = Instant::now();
-                let s = c.ok("snapshot.create", json!({"name": name})).await;
-                snap_b.push(t.elapsed());
-                let id = s["id"].as_str().unwrap().to_string();
-                snapshots.push(id.clone());
-                sh(&["sync"]);
-                let t = Instant::now();
-                c.ok("snapshot.restore", json!({"name": name, "id": id})).await;
-                rest_b.push(t.elapsed());
-                let fork = d.name(&format!("f{round}"));
-                sh(&["sync"]);
-                let t = Instant::now();
-                c.ok("project.fork", json!({"from": name, "name": fork, "snapshot": id})).await;
-                fork_b.push(t.elapsed());
-                c.ok("project.delete", json!({"name": fork, "purge": true})).await;
-                sh(&["sync"]);
-                let t = Instant::now();
-                c.ok("project.fork", json!({"from": name, "name": fork})).await;
-                forkc_b.push(t.elapsed());
-                c.ok("project.delete", json!({"name": fork, "purge": true})).await;
-            } else {
-                // By hand: the same four with docker and cp -a.
-                let image = by_hand_image(round);
-                let copy = scratch.path().join(format!("snap{round}"));
-                sh(&["sync"]);
-                let t = Instant::now();
-                sh(&["docker", "commit", "--pause=true", &container, &image]);
-                sh(&["cp", "-a", ws.to_str().unwrap(), copy.to_str().unwrap()]);
-                snap_h.push(t.elapsed());
-                // Restore: a new container from the image and the workspace copied back
-                // (into a scratch workspace: the project's own stays berth's).
-                let target = scratch.path().join("restored");
-                std::fs::create_dir_all(&target).unwrap();
-                sh(&["sync"]);
-                let t = Instant::now();
-                let _ = Command::new("docker").args(["rm", "-f", &hand_container]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-                sh(&["rm", "-rf", target.to_str().unwrap()]);
-                sh(&["cp", "-a", copy.to_str().unwrap(), target.to_str().unwrap()]);
-                run_by_hand(&image, &target);
-                rest_h.push(t.elapsed());
-                sh(&["docker", "rm", "-f", &hand_container]);
-                // Fork from the snapshot: copy and run.
-                let forked = scratch.path().join(format!("fork{round}"));
-                sh(&["sync"]);
-                let t = Instant::now();
-                sh(&["cp", "-a", copy.to_str().unwrap(), forked.to_str().unwrap()]);
-                run_by_hand(&image, &forked);
-                fork_h.push(t.elapsed());
-                sh(&["docker", "rm", "-f", &hand_container]);
-                sh(&["rm", "-rf", forked.to_str().unwrap()]);
-                // Fork from the current state: commit, copy and run.
-                let image2 = format!("{image}-cur");
-                sh(&["sync"]);
-                let t = Instant::now();
-                sh(&["docker", "commit", "--pause=true", &container, &image2]);
-                sh(&["cp", "-a", ws.to_str().unwrap(), forked.to_str().unwrap()]);
-                run_by_hand(&image2, &forked);
-                forkc_h.push(t.elapsed());
-                sh(&["docker", "rm", "-f", &hand_container]);
-                sh(&["rm", "-rf", forked.to_str().unwrap(), copy.to_str().unwrap()]);
-                let _ = Command::new("docker").args(["rmi", &image, &image2]).stdout(Stdio::null()).status();
+                match (op, side) {
+                    (0, 0) => {
+                        id = c.ok("snapshot.create", json!({"name": name})).await["id"].as_str().unwrap().to_string();
+                        snapshots.push(id.clone());
+                    }
+                    (0, _) => {
+                        sh(&["docker", "commit", "--pause=true", &container, &image]);
+                        sh(&["cp", "-a", ws.to_str().unwrap(), copy.to_str().unwrap()]);
+                    }
+                    (1, 0) => drop(c.ok("snapshot.restore", json!({"name": name, "id": id})).await),
+                    (1, _) => {
+                        // A new container from the image and the copy put back (into a
+                        // scratch workspace: the project's own stays berth's).
+                        let _ = Command::new("docker")
+                            .args(["rm", "-f", &hand_container])
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status();
+                        sh(&["rm", "-rf", target.to_str().unwrap()]);
+                        sh(&["cp", "-a", copy.to_str().unwrap(), target.to_str().unwrap()]);
+                        run_by_hand(&image, &target);
+                    }
+                    (2, 0) => drop(c.ok("project.fork", json!({"from": name, "name": fork, "snapshot": id})).await),
+                    (2, _) => {
+                        sh(&["cp", "-a", copy.to_str().unwrap(), forked.to_str().unwrap()]);
+                        run_by_hand(&image, &forked);
+                    }
+                    (_, 0) => drop(c.ok("project.fork", json!({"from": name, "name": fork})).await),
+                    (_, _) => {
+                        sh(&["docker", "commit", "--pause=true", &container, &format!("{image}-cur")]);
+                        sh(&["cp", "-a", ws.to_str().unwrap(), forked.to_str().unwrap()]);
+                        run_by_hand(&format!("{image}-cur"), &forked);
+                    }
+                }
+                let took = t.elapsed();
+                let (b, h) = match op {
+                    0 => (&mut snap_b, &mut snap_h),
+                    1 => (&mut rest_b, &mut rest_h),
+                    2 => (&mut fork_b, &mut fork_h),
+                    _ => (&mut forkc_b, &mut forkc_h),
+                };
+                if side == 0 { b } else { h }.push(took);
+                // Untimed clean-up.
+                match (op, side) {
+                    (2 | 3, 0) => drop(c.ok("project.delete", json!({"name": fork, "purge": true})).await),
+                    (1..=3, _) if side == 1 => {
+                        sh(&["docker", "rm", "-f", &hand_container]);
+                        let _ = std::fs::remove_dir_all(&forked);
+                    }
+                    _ => {}
+                }
             }
         }
+        let _ = std::fs::remove_dir_all(&copy);
+        let _ = Command::new("docker")
+            .args(["rmi", &image, &format!("{image}-cur")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
     for (what, b, h) in [
         ("snapshot (commit + workspace copy)", snap_b, snap_h),
@@ -987,6 +1013,7 @@ async fn snapshot() {
         ("fork from a snapshot", fork_b, fork_h),
         ("fork from the current state", forkc_b, forkc_h),
     ] {
+        eprintln!("{what}: berth {b:?}, by hand {h:?}");
         let (b, h) = (median(b), median(h));
         println!("| {what} | {} | {} | {:.2}x |", ms(h), ms(b), b.as_secs_f64() / h.as_secs_f64());
     }

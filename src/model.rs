@@ -345,8 +345,9 @@ pub enum Pending {
     Restore(SnapshotId),
     /// The restored workspace is in place; what is left is the row and the container.
     Restored(SnapshotId),
-    /// Made by a fork that has not finished; a crash rolls it back.
-    Fork,
+    /// Made by a fork of this project (the source) that has not finished; a crash
+    /// rolls it back (and thaws the source, which the fork may have left paused).
+    Fork(ProjectName),
 }
 
 impl Pending {
@@ -357,7 +358,7 @@ impl Pending {
             Pending::Purge { keep_snapshots } => format!("purge{}", keep(*keep_snapshots)),
             Pending::Restore(id) => format!("restore:{id}"),
             Pending::Restored(id) => format!("restored:{id}"),
-            Pending::Fork => "fork".into(),
+            Pending::Fork(from) => format!("fork:{from}"),
         }
     }
 
@@ -367,10 +368,10 @@ impl Pending {
             "purge" => Pending::Purge { keep_snapshots: false },
             "archive:keep-snapshots" => Pending::Archive { keep_snapshots: true },
             "purge:keep-snapshots" => Pending::Purge { keep_snapshots: true },
-            "fork" => Pending::Fork,
             _ => match s.split_once(':') {
                 Some(("restore", id)) => Pending::Restore(SnapshotId::parse(id).ok()?),
                 Some(("restored", id)) => Pending::Restored(SnapshotId::parse(id).ok()?),
+                Some(("fork", from)) => Pending::Fork(ProjectName::parse(from).ok()?),
                 _ => return None,
             },
         })
@@ -630,6 +631,28 @@ impl Serialize for Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journals_round_trip_and_bad_ones_do_not_parse() {
+        let id = SnapshotId::parse("snap-0123456789ab").unwrap();
+        let all = [
+            Pending::Archive { keep_snapshots: false },
+            Pending::Purge { keep_snapshots: false },
+            Pending::Archive { keep_snapshots: true },
+            Pending::Purge { keep_snapshots: true },
+            Pending::Restore(id.clone()),
+            Pending::Restored(id),
+            Pending::Fork(ProjectName::parse("web").unwrap()),
+        ];
+        for p in all {
+            assert_eq!(Pending::parse(&p.encode()), Some(p.clone()), "{}", p.encode());
+        }
+        // What berth before snapshots wrote still reads.
+        assert_eq!(Pending::parse("archive"), Some(Pending::Archive { keep_snapshots: false }));
+        for bad in ["", "fork", "restore:", "restore:snap-x", "fork:../x", "archive:keep", "melted"] {
+            assert_eq!(Pending::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn project_names_table() {

@@ -5,8 +5,8 @@
 //! `O_NOFOLLOW` and `AT_SYMLINK_NOFOLLOW`, so a symlink (or a directory swapped for one
 //! mid-copy) is copied as a link and never followed out of the tree. Files are cloned
 //! (`FICLONE`, a reflink) where the filesystem can, else copied in the kernel
-//! (`copy_file_range`); modes, owners (when berthd is root), times, hard links and FIFOs
-//! come along; sockets and device nodes are skipped. The destination must not exist: it
+//! (`copy_file_range`), by a few threads; modes, owners (when berthd is root), times,
+//! hard links and FIFOs come along; sockets and device nodes are skipped. The destination must not exist: it
 //! is made here, and on any error the caller removes it (`remove_tree`), so a failed
 //! copy leaves nothing behind.
 
@@ -18,6 +18,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Room kept free on the destination's filesystem beyond what a copy writes.
 pub const RESERVE: u64 = 16 << 20;
@@ -169,14 +171,95 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 
 /// Copies the tree under `src` to `dst`, which must not exist; returns what was copied.
 /// On error the partial `dst` is left for the caller to remove.
+///
+/// One thread walks the tree (making directories, links and FIFOs, and copying files
+/// with several names itself); regular files go to a few workers through a bounded
+/// queue, so the copy uses every core the kernel's copying needs and holds at most a few
+/// hundred directory descriptors. Directories get their times last, deepest first, once
+/// nothing more is created in them.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<Tally, CopyError> {
     let root = open_dir(src).map_err(at(src))?;
     let st = fstat(&root).map_err(at(src))?;
     std::fs::DirBuilder::new().mode(0o700).create(dst).map_err(at(dst))?;
-    let mut c = Copier { t: Tally::default(), links: HashMap::new(), root: is_root() };
-    c.dir(&root, src, dst)?;
-    c.finish(dst, &st, false)?;
+    let shared = Arc::new(Shared { bytes: AtomicU64::new(0), failed: Mutex::new(None), stop: AtomicBool::new(false) });
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+    let rx = Arc::new(Mutex::new(rx));
+    let owners = is_root();
+    let workers: Vec<_> = (0..workers())
+        .map(|_| {
+            let (rx, shared) = (rx.clone(), shared.clone());
+            std::thread::spawn(move || loop {
+                let job = match rx.lock() {
+                    Ok(r) => r.recv(),
+                    Err(_) => return,
+                };
+                let Ok(job) = job else { return };
+                if shared.stop.load(Ordering::Relaxed) {
+                    continue;
+                }
+                match copy_file(&job.dir, &job.name, &job.src, &job.dst, owners) {
+                    Ok(Some((bytes, _))) => {
+                        shared.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    }
+                    Ok(None) => {}
+                    Err(e) => shared.fail(e),
+                }
+            })
+        })
+        .collect();
+    let mut c = Copier {
+        t: Tally::default(),
+        links: HashMap::new(),
+        root: owners,
+        jobs: Some(tx),
+        dirs: Vec::new(),
+        shared: shared.clone(),
+    };
+    let walked = c.dir(&Arc::new(root), src, dst);
+    c.jobs = None;
+    for w in workers {
+        let _ = w.join();
+    }
+    walked?;
+    if let Some(e) = shared.failed.lock().ok().and_then(|mut f| f.take()) {
+        return Err(e);
+    }
+    for (path, st) in c.dirs.iter().rev() {
+        finish(path, st, false, owners)?;
+    }
+    finish(dst, &st, false, owners)?;
+    c.t.bytes += shared.bytes.load(Ordering::Relaxed);
     Ok(c.t)
+}
+
+/// Files queued for the workers at most; each holds its directory's descriptor.
+const QUEUE: usize = 256;
+
+fn workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4)
+}
+
+struct Shared {
+    bytes: AtomicU64,
+    failed: Mutex<Option<CopyError>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn fail(&self, e: CopyError) {
+        if let Ok(mut f) = self.failed.lock() {
+            f.get_or_insert(e);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One regular file for a worker: its directory (held open) and name, and where it goes.
+struct Job {
+    dir: Arc<OwnedFd>,
+    name: std::ffi::OsString,
+    src: PathBuf,
+    dst: PathBuf,
 }
 
 fn is_root() -> bool {
@@ -190,11 +273,18 @@ struct Copier {
     links: HashMap<(u64, u64), PathBuf>,
     /// Owners are kept only when berthd may set them.
     root: bool,
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    /// Directories made, in the order made, with the source's stat: finished last.
+    dirs: Vec<(PathBuf, libc::stat)>,
+    shared: Arc<Shared>,
 }
 
 impl Copier {
-    fn dir(&mut self, dir: &OwnedFd, from: &Path, to: &Path) -> Result<(), CopyError> {
+    fn dir(&mut self, dir: &Arc<OwnedFd>, from: &Path, to: &Path) -> Result<(), CopyError> {
         for name in names(dir).map_err(at(from))? {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             let (src, dst) = (from.join(&name), to.join(&name));
             let st = match stat_at(dir, &name) {
                 Ok(st) => st,
@@ -211,14 +301,21 @@ impl Copier {
                         Err(e) => return Err(at(&src)(e)),
                     };
                     std::fs::DirBuilder::new().mode(0o700).create(&dst).map_err(at(&dst))?;
-                    self.dir(&sub, &src, &dst)?;
-                    self.finish(&dst, &st, false)?;
+                    self.dirs.push((dst.clone(), st));
+                    self.dir(&Arc::new(sub), &src, &dst)?;
                 }
-                libc::S_IFREG => self.file(dir, &name, &st, &src, &dst)?,
+                libc::S_IFREG if st.st_nlink > 1 => self.linked_file(dir, &name, &st, &src, &dst)?,
+                libc::S_IFREG => {
+                    let job = Job { dir: dir.clone(), name, src, dst };
+                    let sent = self.jobs.as_ref().map(|tx| tx.send(job).is_ok()).unwrap_or(false);
+                    if !sent {
+                        return Ok(());
+                    }
+                }
                 libc::S_IFLNK => {
                     let target = readlink_at(dir, &name).map_err(at(&src))?;
                     std::os::unix::fs::symlink(&target, &dst).map_err(at(&dst))?;
-                    self.finish(&dst, &st, true)?;
+                    finish(&dst, &st, true, self.root)?;
                 }
                 libc::S_IFIFO => {
                     let c = cstr(dst.as_os_str()).map_err(at(&dst))?;
@@ -226,7 +323,7 @@ impl Copier {
                     if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } < 0 {
                         return Err(at(&dst)(io::Error::last_os_error()));
                     }
-                    self.finish(&dst, &st, false)?;
+                    finish(&dst, &st, false, self.root)?;
                 }
                 // Sockets and device nodes mean nothing in a copy.
                 _ => {
@@ -239,63 +336,79 @@ impl Copier {
         Ok(())
     }
 
-    fn file(&mut self, dir: &OwnedFd, name: &OsStr, st: &libc::stat, src: &Path, dst: &Path) -> Result<(), CopyError> {
-        if st.st_nlink > 1 {
-            if let Some(first) = self.links.get(&(st.st_dev, st.st_ino)) {
-                return std::fs::hard_link(first, dst).map_err(at(dst));
-            }
+    /// A file with several names: copied once (here, in order), linked for the others.
+    fn linked_file(
+        &mut self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        st: &libc::stat,
+        src: &Path,
+        dst: &Path,
+    ) -> Result<(), CopyError> {
+        if let Some(first) = self.links.get(&(st.st_dev, st.st_ino)) {
+            return std::fs::hard_link(first, dst).map_err(at(dst));
         }
-        let fd = match open_at(dir, name, libc::O_RDONLY | libc::O_NONBLOCK) {
-            Ok(fd) => fd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => return Ok(()),
-            Err(e) => return Err(at(src)(e)),
-        };
-        let now = fstat(&fd).map_err(at(src))?;
-        if kind(&now) != libc::S_IFREG {
-            return Ok(());
-        }
-        let mut input = File::from(fd);
-        let mut out =
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).map_err(at(dst))?;
-        // A reflink where the filesystem has them; otherwise the kernel copies
-        // (`std::io::copy` between files uses copy_file_range).
-        // SAFETY: two valid descriptors; FICLONE only reads the source's.
-        let cloned = unsafe { libc::ioctl(out.as_raw_fd(), FICLONE, input.as_raw_fd()) } == 0;
-        let bytes = if cloned { now.st_size as u64 } else { io::copy(&mut input, &mut out).map_err(at(dst))? };
-        self.t.bytes += bytes;
-        drop(out);
-        self.finish(dst, &now, false)?;
-        if st.st_nlink > 1 {
-            self.links.insert((st.st_dev, st.st_ino), dst.to_path_buf());
+        if let Some((bytes, now)) = copy_file(dir, name, src, dst, self.root)? {
+            self.t.bytes += bytes;
+            self.links.insert((now.st_dev, now.st_ino), dst.to_path_buf());
         }
         Ok(())
     }
+}
 
-    /// Owner (when root), mode and times of a copied entry, taken from the source's stat.
-    fn finish(&self, dst: &Path, st: &libc::stat, link: bool) -> Result<(), CopyError> {
-        let c = cstr(dst.as_os_str()).map_err(at(dst))?;
-        if self.root {
-            // SAFETY: a valid C string. Owner before mode: chown clears set-id bits.
-            if unsafe { libc::lchown(c.as_ptr(), st.st_uid, st.st_gid) } < 0 {
-                return Err(at(dst)(io::Error::last_os_error()));
-            }
-        }
-        if !link {
-            // SAFETY: a valid C string.
-            if unsafe { libc::chmod(c.as_ptr(), st.st_mode & 0o7777) } < 0 {
-                return Err(at(dst)(io::Error::last_os_error()));
-            }
-        }
-        let times = [
-            libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
-            libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
-        ];
-        // SAFETY: a valid C string and two timespecs.
-        if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } < 0 {
+/// Copies one regular file; `None` if it is gone or no longer a regular file.
+fn copy_file(
+    dir: &OwnedFd,
+    name: &OsStr,
+    src: &Path,
+    dst: &Path,
+    owners: bool,
+) -> Result<Option<(u64, libc::stat)>, CopyError> {
+    let fd = match open_at(dir, name, libc::O_RDONLY | libc::O_NONBLOCK) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) => return Err(at(src)(e)),
+    };
+    let now = fstat(&fd).map_err(at(src))?;
+    if kind(&now) != libc::S_IFREG {
+        return Ok(None);
+    }
+    let mut input = File::from(fd);
+    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).map_err(at(dst))?;
+    // A reflink where the filesystem has them; otherwise the kernel copies
+    // (`std::io::copy` between files uses copy_file_range).
+    // SAFETY: two valid descriptors; FICLONE only reads the source's.
+    let cloned = unsafe { libc::ioctl(out.as_raw_fd(), FICLONE, input.as_raw_fd()) } == 0;
+    let bytes = if cloned { now.st_size as u64 } else { io::copy(&mut input, &mut out).map_err(at(dst))? };
+    drop(out);
+    finish(dst, &now, false, owners)?;
+    Ok(Some((bytes, now)))
+}
+
+/// Owner (when `owners`), mode and times of a copied entry, from the source's stat.
+fn finish(dst: &Path, st: &libc::stat, link: bool, owners: bool) -> Result<(), CopyError> {
+    let c = cstr(dst.as_os_str()).map_err(at(dst))?;
+    if owners {
+        // SAFETY: a valid C string. Owner before mode: chown clears set-id bits.
+        if unsafe { libc::lchown(c.as_ptr(), st.st_uid, st.st_gid) } < 0 {
             return Err(at(dst)(io::Error::last_os_error()));
         }
-        Ok(())
     }
+    if !link {
+        // SAFETY: a valid C string.
+        if unsafe { libc::chmod(c.as_ptr(), st.st_mode & 0o7777) } < 0 {
+            return Err(at(dst)(io::Error::last_os_error()));
+        }
+    }
+    let times = [
+        libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
+        libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
+    ];
+    // SAFETY: a valid C string and two timespecs.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } < 0 {
+        return Err(at(dst)(io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// `_IOW(0x94, 9, int)`: clone a whole file (a reflink).

@@ -532,7 +532,7 @@ impl ProjectState {
                     reason: "finished an interrupted restore".into(),
                 }));
             }
-            Some(Pending::Fork) => {
+            Some(Pending::Fork(_)) => {
                 if !self.ctx.runtimes.docker_available() {
                     return Ok(None);
                 }
@@ -658,12 +658,7 @@ impl ProjectState {
             return Ok(None);
         }
         let observed = self.ctx.runtimes.docker.inspect(&self.name).await.map_err(|e| self.engine_err(e))?;
-        if observed.as_ref().is_some_and(|c| c.paused) {
-            // Nothing of this actor is under way while it reconciles: a pause was left by a
-            // snapshot that a crash interrupted.
-            self.ctx.runtimes.docker.pause(&self.name, false).await.map_err(|e| self.engine_err(e))?;
-            tracing::warn!(project = %self.name, "thawed a container left paused by an interrupted snapshot");
-        }
+
         let (to, reason) = match (&observed, p.status) {
             (Some(c), _) if c.running => (Status::Running, "container is running"),
             (Some(_), _) => (Status::Stopped, "container is stopped"),

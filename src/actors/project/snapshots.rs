@@ -492,7 +492,7 @@ impl ProjectState {
             env: Default::default(),
             ports: PortMap::default(),
             path: self.ctx.workspaces.path(&self.name),
-            pending: Some(Pending::Fork),
+            pending: Some(Pending::Fork(from.clone())),
             limits: Default::default(),
         };
         // The row (journaling the fork, and naming the image before it exists) goes first.
@@ -553,6 +553,13 @@ impl ProjectState {
     /// committed (one made for the fork, never a snapshot's).
     pub(super) async fn roll_back_fork(&mut self) {
         let image = self.project.as_ref().map(|p| p.image.to_string());
+        if let Some(Pending::Fork(from)) = self.project.as_ref().and_then(|p| p.pending.clone()) {
+            // A fork of a current state pauses its source while it commits and copies; a
+            // crash then leaves it paused. (Only berth's own pauses are ever undone.)
+            if let Err(e) = self.ctx.runtimes.docker.pause(&from, false).await {
+                tracing::warn!(project = %from, error = %e, "fork rollback: source not unpaused");
+            }
+        }
         if let Err(e) = self.ctx.runtimes.docker.remove(&self.name).await {
             tracing::warn!(project = %self.name, error = %e, "fork rollback: container not removed");
         }
