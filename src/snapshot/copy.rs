@@ -521,3 +521,4 @@ mod tests {
         assert!(!t.path().join("dst").exists());
     }
 }
+
