@@ -5,6 +5,8 @@
 #   scripts/test.sh
 # Set REQUIRE_DOCKER=1 to make Docker-backed tests fail, not skip, without an engine.
 # The venv lives in target/py-venv (BERTH_VENV to move it); pip fills it from PyPI.
+# With BERTH_PODMAN=1 (as root, as CI sets), a representative part of the engine-backed
+# suite then runs again against rootless Podman (scripts/test-podman.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 status=0
@@ -20,4 +22,7 @@ fi
 "$venv/bin/pip" install -q pytest mcp ./clients/python || { echo "test.sh: pip install failed" >&2; exit 1; }
 cargo build -q --bin berthd || exit 1
 BERTHD_BIN="$PWD/target/debug/berthd" "$venv/bin/python" -m pytest -q clients/python/tests || status=1
+if [ "${BERTH_PODMAN:-}" = 1 ]; then
+  scripts/test-podman.sh || status=1
+fi
 exit $status

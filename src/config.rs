@@ -315,14 +315,43 @@ impl Config {
         })
     }
 
-    /// The engine address: config, else `$DOCKER_HOST`, else the local socket.
+    /// The engine address: config, else `$DOCKER_HOST`, else the first engine socket
+    /// (`engine_sockets`) this user can connect to, else the first there, else Docker's.
     pub fn docker_host(&self) -> String {
         self.docker
             .host
             .clone()
             .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .or_else(|| {
+                let runtime = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+                // The first that this user can connect to (a plain user on a host with
+                // Docker sees Docker's socket but may not use it), else the first there.
+                let found: Vec<PathBuf> =
+                    engine_sockets(runtime.as_deref()).into_iter().filter(|p| is_socket(p)).collect();
+                found
+                    .iter()
+                    .find(|p| std::os::unix::net::UnixStream::connect(p).is_ok())
+                    .or(found.first())
+                    .map(|p| format!("unix://{}", p.display()))
+            })
             .unwrap_or_else(|| "unix:///var/run/docker.sock".into())
     }
+}
+
+/// Where engines listen, in the order berth looks: Docker's socket, then rootless
+/// Podman's (the user's `$XDG_RUNTIME_DIR/podman/podman.sock`), then rootful Podman's.
+pub fn engine_sockets(xdg_runtime_dir: Option<&Path>) -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from("/var/run/docker.sock")];
+    if let Some(dir) = xdg_runtime_dir.filter(|d| d.is_absolute()) {
+        v.push(dir.join("podman/podman.sock"));
+    }
+    v.push(PathBuf::from("/run/podman/podman.sock"));
+    v
+}
+
+fn is_socket(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
 }
 
 fn is_root() -> bool {

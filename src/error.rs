@@ -115,6 +115,7 @@ impl From<RuntimeError> for Error {
             RuntimeError::InvalidWorkdir(_) => ErrorKind::InvalidParams,
             RuntimeError::Forbidden(_) => ErrorKind::Forbidden,
             RuntimeError::Engine(_)
+            | RuntimeError::Unreadable(_)
             | RuntimeError::NotFound(_)
             | RuntimeError::Conflict(_)
             | RuntimeError::Image { .. }

@@ -43,7 +43,8 @@ fn snapshot_dir_entries(state: &Path) -> Vec<String> {
 fn daemon_images(state: &Path) -> Vec<String> {
     let filter = format!("label=berth.state-dir={}", state.display());
     let out = docker(&["images", "--filter", &filter, "--format", "{{.Repository}}:{{.Tag}}"]);
-    let mut v: Vec<String> = out.lines().map(String::from).collect();
+    // Podman lists `berth-snapshot:x` as `localhost/berth-snapshot:x`.
+    let mut v: Vec<String> = out.lines().map(|l| l.strip_prefix("localhost/").unwrap_or(l).to_string()).collect();
     v.sort();
     v
 }

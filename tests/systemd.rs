@@ -44,6 +44,32 @@ fn unit_files_verify() {
         "systemd-analyze verify: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The user units (rootless Podman): verified the same way (a user manager is not
+    // there to ask under CI; the system manager checks the same directives).
+    for unit in ["berthd-user.service", "berthd-user.socket"] {
+        let text = std::fs::read_to_string(format!("{}/systemd/{unit}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        std::fs::write(dir.path().join(unit), text.replace("%h/.local/bin/berthd", berthd_bin())).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("berthd-user.service"))
+        .arg(dir.path().join("berthd-user.socket"))
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify (user units): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let user = std::fs::read_to_string(dir.path().join("berthd-user.service")).unwrap();
+    for line in
+        ["Type=notify", "Wants=podman.socket", "DOCKER_HOST=unix://%t/podman/podman.sock", "WantedBy=default.target"]
+    {
+        assert!(user.contains(line), "berthd-user.service has {line}");
+    }
+    let socket = std::fs::read_to_string(dir.path().join("berthd-user.socket")).unwrap();
+    assert!(socket.contains("ListenStream=%t/berth/berth.sock"), "the user socket is where berth looks");
     let service = std::fs::read_to_string(dir.path().join("berthd.service")).unwrap();
     for line in ["Type=notify", "Restart=on-failure", "WatchdogSec=", "NoNewPrivileges=yes", "ReadWritePaths="] {
         assert!(service.contains(line), "berthd.service has {line}");

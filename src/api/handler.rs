@@ -288,7 +288,9 @@ impl Service {
             ask(&self.supervisor, "the supervisor", self.ctx.short_timeout(), SupervisorMsg::CountProjects).await?;
         let mut docker = json!({"available": rt.docker_available()});
         if let (true, Some(v)) = (rt.docker_available(), rt.docker_version()) {
-            docker["version"] = json!(v);
+            docker["version"] = json!(v.version);
+            docker["engine"] = json!(v.engine);
+            docker["rootless"] = json!(v.rootless);
         }
         // Where commands run now: the host only where local execution is allowed.
         let runtime = match (rt.docker_available(), self.ctx.config.local.enabled) {

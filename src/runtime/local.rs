@@ -89,8 +89,8 @@ impl Runtime for LocalRuntime {
         Ok(reply)
     }
 
-    async fn ping(&self) -> Result<String, RuntimeError> {
-        Ok(env!("CARGO_PKG_VERSION").to_string())
+    async fn ping(&self) -> Result<super::EngineInfo, RuntimeError> {
+        Ok(super::EngineInfo { engine: "local".into(), version: env!("CARGO_PKG_VERSION").into(), rootless: false })
     }
 
     async fn ensure_running(&self, _spec: &ContainerSpec<'_>) -> Result<Option<ContainerInfo>, RuntimeError> {

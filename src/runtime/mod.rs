@@ -47,6 +47,9 @@ pub enum RuntimeError {
     Forbidden(String),
     #[error("container engine: {0}")]
     Engine(String),
+    /// The engine answered something berth cannot read.
+    #[error("container engine: unreadable answer: {0}")]
+    Unreadable(String),
     #[error("image {image}: {why}")]
     Image { image: String, why: String },
     #[error("{0}")]
@@ -100,6 +103,17 @@ pub struct ContainerInfo {
     /// Frozen by a pause (a snapshot being taken, or one a crash interrupted).
     #[serde(skip)]
     pub paused: bool,
+}
+
+/// Which engine answers, as `daemon.info` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// `docker` or `podman`.
+    pub engine: String,
+    pub version: String,
+    /// The engine runs as an unprivileged user (rootless Docker or Podman): a container's
+    /// root is that user on the host.
+    pub rootless: bool,
 }
 
 /// An image berth committed for a snapshot (or a fork), as the engine lists it.
@@ -181,8 +195,8 @@ pub const NOT_EXECUTABLE_EXIT: i64 = 126;
 pub trait Runtime: Send + Sync + 'static {
     fn kind(&self) -> RuntimeKind;
 
-    /// Checks the runtime answers; returns its version.
-    async fn ping(&self) -> Result<String, RuntimeError>;
+    /// Checks the runtime answers; says which engine it is.
+    async fn ping(&self) -> Result<EngineInfo, RuntimeError>;
 
     /// Makes the project's sandbox ready to exec in (creating and starting its container,
     /// pulling the image if needed). `None` when the runtime has no containers.
@@ -501,7 +515,7 @@ pub struct Runtimes {
     pub docker: std::sync::Arc<dyn Runtime>,
     pub local: std::sync::Arc<dyn Runtime>,
     available: std::sync::atomic::AtomicBool,
-    version: std::sync::Mutex<Option<String>>,
+    version: std::sync::Mutex<Option<EngineInfo>>,
 }
 
 impl Runtimes {
@@ -526,7 +540,9 @@ impl Runtimes {
         let was = self.available.swap(ok, std::sync::atomic::Ordering::SeqCst);
         if ok != was {
             match &res {
-                Ok(v) => tracing::info!(version = %v, "container engine is available"),
+                Ok(v) => {
+                    tracing::info!(engine = %v.engine, version = %v.version, rootless = v.rootless, "container engine is available")
+                }
                 Err(e) => tracing::warn!(error = %e, "container engine is unavailable; running locally"),
             }
         }
@@ -540,7 +556,7 @@ impl Runtimes {
         self.available.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    pub fn docker_version(&self) -> Option<String> {
+    pub fn docker_version(&self) -> Option<EngineInfo> {
         self.version.lock().ok().and_then(|v| v.clone())
     }
 

@@ -521,4 +521,3 @@ mod tests {
         assert!(!t.path().join("dst").exists());
     }
 }
-

@@ -47,6 +47,15 @@ pub fn docker_available() -> bool {
     ok
 }
 
+/// The engine the tests run against, as CI says (`BERTH_TEST_ENGINE`: `docker`, the
+/// default, or `podman`), for the few places where engines differ in what they report.
+pub fn engine() -> &'static str {
+    match std::env::var("BERTH_TEST_ENGINE").as_deref() {
+        Ok("podman") => "podman",
+        _ => "docker",
+    }
+}
+
 /// A unique prefix for this test's project names.
 pub fn prefix() -> String {
     let mut b = [0u8; 4];

@@ -32,7 +32,8 @@ use super::agent::{
     fits, AgentConn, AgentError, AgentExecError, Agents, AGENT_IN_CONTAINER, RUN_IN_CONTAINER, SOCKET_IN_CONTAINER,
 };
 use super::{
-    Capture, ContainerInfo, ContainerSpec, ExecOutcome, ExecSpec, Runtime, RuntimeError, RuntimeKind, SnapshotImage,
+    Capture, ContainerInfo, ContainerSpec, EngineInfo, ExecOutcome, ExecSpec, Runtime, RuntimeError, RuntimeKind,
+    SnapshotImage,
 };
 use crate::config::Config;
 use crate::snapshot::{SnapshotId, SNAPSHOT_LABEL, STATE_LABEL};
@@ -107,6 +108,10 @@ pub struct DockerRuntime {
     /// berth-agent: new containers run it as PID 1 and execs go through it; `None` makes
     /// every container the old way (a shell keep-alive) and every exec an engine exec.
     agents: Option<Arc<Agents>>,
+    /// Whether the engine runs rootless, once asked (cleared with the client).
+    rootless: Mutex<Option<bool>>,
+    /// The engine cannot freeze containers (rootless on cgroup v1).
+    cannot_pause: AtomicBool,
 }
 
 /// How long a freshly started container's agent gets to answer.
@@ -117,7 +122,14 @@ pub const AGENT_LABEL: &str = "berth.agent";
 
 impl DockerRuntime {
     pub fn new(settings: DockerSettings, agents: Option<Arc<Agents>>) -> Arc<Self> {
-        Arc::new(Self { settings, client: Mutex::new(None), network_ready: AtomicBool::new(false), agents })
+        Arc::new(Self {
+            settings,
+            client: Mutex::new(None),
+            network_ready: AtomicBool::new(false),
+            agents,
+            rootless: Mutex::new(None),
+            cannot_pause: AtomicBool::new(false),
+        })
     }
 
     /// The connection to the project's agent, when its container runs one that answers
@@ -184,6 +196,11 @@ impl DockerRuntime {
                 RuntimeError::Engine(format!("{message} (HTTP {status_code})"))
             }
             BollardError::DockerStreamError { error } => RuntimeError::Engine(error),
+            // An answer berth could not read is the engine's answer, not its absence (Podman
+            // lists a container it is stopping as `stopped`, which Docker's schema lacks).
+            e @ (BollardError::JsonDataError { .. } | BollardError::JsonSerdeError { .. }) => {
+                RuntimeError::Unreadable(format!("{}: {e}", self.settings.host))
+            }
             BollardError::RequestTimeoutError => {
                 *self.client.lock().await = None;
                 RuntimeError::Timeout(format!(
@@ -193,6 +210,7 @@ impl DockerRuntime {
             }
             other => {
                 *self.client.lock().await = None;
+                *self.rootless.lock().await = None;
                 self.network_ready.store(false, Ordering::Relaxed);
                 RuntimeError::Unavailable(format!("{}: {other}", self.settings.host))
             }
@@ -361,6 +379,10 @@ impl DockerRuntime {
         let mut labels = HashMap::from([
             (s.label_project.clone(), spec.project.to_string()),
             (s.label_managed_by.clone(), MANAGED_BY.to_string()),
+            // Carried into snapshot images by a commit (see `commit`).
+            (STATE_LABEL.to_string(), self.state_dir()),
+            // Explicit either way: an image committed from an agent container says "1".
+            (AGENT_LABEL.to_string(), "0".to_string()),
         ]);
         // The workspace is the only mount besides berth's own, which live under /.berth/;
         // the engine's socket never is.
@@ -418,10 +440,14 @@ impl DockerRuntime {
             }),
             ..Default::default()
         };
+        // On a rootless engine the container's root is the unprivileged user who owns the
+        // workspace (and has no capabilities on the host): strict containers run as it.
+        let rootless = self.rootless.try_lock().ok().and_then(|r| *r).unwrap_or(false);
         ContainerCreateBody {
-            user: match profile {
-                Profile::Strict => s.strict_user.clone(),
-                Profile::Default => None,
+            user: match (profile, rootless) {
+                (Profile::Strict, true) => Some("0:0".into()),
+                (Profile::Strict, false) => s.strict_user.clone(),
+                (Profile::Default, _) => None,
             },
             image: Some(spec.image.to_string()),
             entrypoint: Some(entrypoint),
@@ -436,6 +462,24 @@ impl DockerRuntime {
     }
 
     async fn inspect_raw(&self, docker: &Docker, project: &ProjectName) -> Result<Option<ContainerInfo>, RuntimeError> {
+        // As for `list`: Podman's passing `stopped` state does not parse; ask again.
+        let mut tries = 0;
+        loop {
+            match self.inspect_once(docker, project).await {
+                Err(RuntimeError::Unreadable(_)) if tries < 20 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn inspect_once(
+        &self,
+        docker: &Docker,
+        project: &ProjectName,
+    ) -> Result<Option<ContainerInfo>, RuntimeError> {
         let name = Self::container_name(project);
         match tokio::time::timeout(self.settings.api_timeout, docker.inspect_container(&name, None)).await {
             Ok(Ok(c)) => {
@@ -570,10 +614,37 @@ impl Runtime for DockerRuntime {
         self.agent(project).await?.fs(call, within, hold).await
     }
 
-    async fn ping(&self) -> Result<String, RuntimeError> {
+    async fn ping(&self) -> Result<EngineInfo, RuntimeError> {
         let docker = self.client().await?;
         let v = self.bounded("version", docker.version()).await?;
-        Ok(v.version.unwrap_or_else(|| "unknown".into()))
+        let podman = v.components.iter().flatten().any(|c| c.name.to_ascii_lowercase().contains("podman"));
+        let version = v.version.unwrap_or_else(|| "unknown".into());
+        // Rootless or not does not change while the engine stays up: asked once per
+        // connection (the engine's info call is the slow one).
+        let known = *self.rootless.lock().await;
+        let rootless = match known {
+            Some(r) => r,
+            None => {
+                let info = self.bounded("info", docker.info()).await?;
+                // Docker says so in its security options; Podman's compatible API does
+                // not, but a rootless Podman keeps its storage in the user's home.
+                let root_dir = info.docker_root_dir.clone().unwrap_or_default();
+                let r = info.security_options.iter().flatten().any(|o| o.contains("name=rootless"))
+                    || (podman && !root_dir.is_empty() && !root_dir.starts_with("/var/lib/"));
+                let v1 = matches!(info.cgroup_version, Some(bollard::models::SystemInfoCgroupVersionEnum::_1));
+                if r && v1 {
+                    tracing::warn!(
+                        "the engine is rootless on cgroup v1: it cannot enforce memory, pids or cpu limits, so \
+                         [container] memory, pids_limit and cpus (and each project's limits) are not applied; \
+                         nor can it pause a container, so snapshots are taken while the container runs"
+                    );
+                }
+                self.cannot_pause.store(r && v1, Ordering::Relaxed);
+                *self.rootless.lock().await = Some(r);
+                r
+            }
+        };
+        Ok(EngineInfo { engine: if podman { "podman" } else { "docker" }.into(), version, rootless })
     }
 
     async fn ensure_running(&self, spec: &ContainerSpec<'_>) -> Result<Option<ContainerInfo>, RuntimeError> {
@@ -675,7 +746,18 @@ impl Runtime for DockerRuntime {
         let filter = format!("{}={}", self.settings.label_managed_by, MANAGED_BY);
         let filters = HashMap::from([("label", vec![filter.as_str()])]);
         let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
-        let list = self.bounded("listing containers", docker.list_containers(Some(opts))).await?;
+        // A Podman container between stop and exit is listed as `stopped`, which does not
+        // parse: that moment passes, so the list is asked again a few times.
+        let mut tries = 0;
+        let list = loop {
+            match self.bounded("listing containers", docker.list_containers(Some(opts.clone()))).await {
+                Err(RuntimeError::Unreadable(_)) if tries < 20 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other?,
+            }
+        };
         Ok(list
             .into_iter()
             .filter(|c| self.owns(c))
@@ -756,10 +838,16 @@ impl Runtime for DockerRuntime {
     }
 
     async fn pause(&self, project: &ProjectName, paused: bool) -> Result<(), RuntimeError> {
+        if self.cannot_pause.load(Ordering::Relaxed) {
+            // Rootless on cgroup v1: there is no freezer to use (said once at start-up).
+            return Ok(());
+        }
         let docker = self.client().await?;
         let name = Self::container_name(project);
-        if self.inspect_raw(&docker, project).await?.is_none() {
-            return Ok(());
+        match self.inspect_raw(&docker, project).await? {
+            None => return Ok(()),
+            Some(c) if c.paused == paused || !c.running => return Ok(()),
+            Some(_) => {}
         }
         let call = async {
             match paused {
@@ -790,12 +878,17 @@ impl Runtime for DockerRuntime {
             // A container made from this image decides for itself whether it has an agent.
             (AGENT_LABEL.to_string(), String::new()),
         ]);
+        // Podman's compatible API ignores the body's labels and applies one `LABEL k=v`
+        // change (unquoted, one pair); the rest it takes from the container's own labels,
+        // which carry the project, managed-by and state-dir labels for that reason.
+        let change = format!("LABEL {SNAPSHOT_LABEL}={snapshot}");
         let opts = bollard::query_parameters::CommitContainerOptionsBuilder::new()
             .container(&name)
             .repo(repo)
             .tag(tag)
             .comment(&format!("berth snapshot {snapshot} of project {project}"))
             .pause(false)
+            .changes(&change)
             .build();
         let config = bollard::models::ContainerConfig { labels: Some(labels), ..Default::default() };
         // A commit writes the container's changes: it gets the pull's bound, not an API call's.
@@ -822,7 +915,12 @@ impl Runtime for DockerRuntime {
                     id: i.id.clone(),
                     snapshot: i.labels.get(SNAPSHOT_LABEL)?.clone(),
                     project: i.labels.get(&s.label_project).cloned(),
-                    tags: i.repo_tags.into_iter().filter(|t| t != "<none>:<none>").collect(),
+                    tags: i
+                        .repo_tags
+                        .iter()
+                        .filter(|t| t.as_str() != "<none>:<none>")
+                        .map(|t| short_name(t).to_string())
+                        .collect(),
                 })
             })
             .collect())
@@ -857,6 +955,12 @@ impl Runtime for DockerRuntime {
             Err(_) => false,
         }
     }
+}
+
+/// An image name as the engine lists it, as berth names it: Podman lists an image
+/// tagged `berth-snapshot:x` as `localhost/berth-snapshot:x`.
+fn short_name(tag: &str) -> &str {
+    tag.strip_prefix("localhost/").unwrap_or(tag)
 }
 
 /// Splits `repo[:tag]` or `repo@digest` the way the pull API wants them.
