@@ -256,7 +256,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Ok(Err(e)) | Err(e) => tracing::warn!(error = %e, "registry checkpoint failed"),
         }
     }
-    supervisor.stop_children(None);
+    // Told first, so that it restarts none of the children it then stops.
+    if let Err(e) = ask(&supervisor, "the supervisor", ctx.short_timeout(), SupervisorMsg::Shutdown).await {
+        tracing::warn!(error = %e, "supervisor did not take the shutdown; stopping it anyway");
+        supervisor.stop_children(None);
+    }
     let _ = supervisor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
     let _ = supervisor_task.await;
     if owns_socket {

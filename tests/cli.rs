@@ -298,6 +298,9 @@ fn sigterm_exits_zero_removes_the_socket_and_leaves_containers_running() {
     d.berth_ok(&["create", &name]);
     assert_eq!(d.terminate(), 0, "clean exit on SIGTERM; log:\n{}", d.log_text());
     assert!(!d.socket.exists(), "socket file removed");
+    // A clean shutdown is not a failure: nothing is restarted, nothing logged as an error.
+    let log = d.log_text();
+    assert!(!log.contains("restarting it") && !log.contains("ERROR"), "log:\n{log}");
     assert_eq!(docker_inspect(&format!("berth-{name}"), "{{.State.Running}}").unwrap(), "true");
     // A new daemon finds the project as it was.
     d.spawn();

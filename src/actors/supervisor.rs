@@ -43,6 +43,8 @@ pub struct SupervisorState {
     retired: usize,
     /// Parked requests answered so far.
     handoffs: u64,
+    /// berthd is shutting down: children that stop are not restarted.
+    stopping: bool,
 }
 
 type ProjectReply = RpcReplyPort<Result<ActorRef<ProjectMsg>, Error>>;
@@ -78,6 +80,8 @@ pub enum SupervisorMsg {
     RespawnJanitor,
     /// Answers if the supervisor's mailbox is moving (the systemd watchdog asks this).
     Ping(RpcReplyPort<()>),
+    /// berthd is shutting down: stop every child, and restart none of them.
+    Shutdown(RpcReplyPort<()>),
     /// Debug hook: fail the supervisor (berthd must exit non-zero).
     DebugPanic,
     /// Debug hook: block the supervisor's mailbox (the watchdog must go quiet).
@@ -219,6 +223,7 @@ impl Actor for Supervisor {
             failures: HashMap::new(),
             retired: 0,
             handoffs: 0,
+            stopping: false,
         })
     }
 
@@ -285,6 +290,11 @@ impl Actor for Supervisor {
             SupervisorMsg::Ping(reply) => {
                 let _ = reply.send(());
             }
+            SupervisorMsg::Shutdown(reply) => {
+                st.stopping = true;
+                me.stop_children(None);
+                let _ = reply.send(());
+            }
             SupervisorMsg::DebugPanic => panic!("injected panic in the supervisor"),
             SupervisorMsg::DebugWedge => {
                 tracing::warn!("debug hook: the supervisor's mailbox is blocked for an hour");
@@ -306,6 +316,10 @@ impl Actor for Supervisor {
             _ => return Ok(()),
         };
         let id = cell.get_id();
+        if st.stopping {
+            tracing::debug!(actor = %id, "child stopped during shutdown");
+            return Ok(());
+        }
         if id == st.registry_id {
             // The registry's state is the database: a fresh actor reloads it.
             tracing::error!(reason = failure.as_deref().unwrap_or("stopped"), "registry actor exited; restarting it");
