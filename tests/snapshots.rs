@@ -88,7 +88,16 @@ fn restore_brings_back_the_workspace_the_container_and_the_settings() {
     assert_eq!(sh(&d, &name, "echo $STAGE"), "one\n");
     // The snapshot is still there and can be restored again.
     assert_eq!(ids(&d.ok("snapshot.list", json!({"name": name}))), std::slice::from_ref(&id));
-    assert!(snapshot_dir_entries(&d.state).iter().all(|e| !e.starts_with('.')), "no staging left behind");
+    assert!(
+        snapshot_dir_entries(&d.state).iter().all(|e| !e.starts_with('.') || e.starts_with(".gone-")),
+        "no staging left behind"
+    );
+    // The replaced workspace goes in the background, soon.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while snapshot_dir_entries(&d.state).iter().any(|e| e.starts_with(".gone-")) {
+        assert!(Instant::now() < deadline, "the replaced workspace was not removed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // Deleting the snapshot while the project runs on its image keeps the image.
     d.ok("snapshot.delete", json!({"id": id}));

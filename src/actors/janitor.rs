@@ -204,6 +204,10 @@ impl JanitorState {
                 restoring(rest.strip_suffix(".partial").or_else(|| rest.strip_suffix(".ready")).unwrap_or(rest))
             } else if let Some(name) = e.strip_prefix(".trash-") {
                 restoring(name)
+            } else if e.starts_with(".gone-") {
+                // A restore's replaced workspace, being removed in the background; one
+                // that nobody is removing was left by a crash.
+                self.ctx.snapshot_locks.removing(&dirs.root().join(&e))
             } else {
                 known(&e, false)
             };

@@ -231,7 +231,8 @@ impl SnapshotDirs {
         self.root.join(format!(".restore-{name}.ready"))
     }
 
-    /// Where a restore moves the workspace it replaces, until it is removed.
+    /// Where a restore moves the workspace it replaces; once the restore is done it is
+    /// renamed `.gone-<token>` and removed in the background.
     pub fn trash(&self, name: &ProjectName) -> PathBuf {
         self.root.join(format!(".trash-{name}"))
     }
@@ -239,9 +240,10 @@ impl SnapshotDirs {
 
 /// Snapshots that a fork is copying from right now: deleting or pruning one waits until
 /// the fork is done (`busy`). Held outside the actors: a fork runs in the new project's
-/// actor, a delete in the snapshot's project's.
+/// actor, a delete in the snapshot's project's. Also the replaced workspaces that
+/// restores are removing in the background, which reconcile leaves alone.
 #[derive(Default)]
-pub struct SnapshotLocks(Mutex<HashMap<SnapshotId, usize>>);
+pub struct SnapshotLocks(Mutex<HashMap<SnapshotId, usize>>, Mutex<std::collections::HashSet<PathBuf>>);
 
 impl SnapshotLocks {
     pub fn hold(self: &Arc<Self>, id: &SnapshotId) -> SnapshotHold {
@@ -252,6 +254,24 @@ impl SnapshotLocks {
 
     pub fn held(&self, id: &SnapshotId) -> bool {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
+    }
+
+    /// Marks `path` as being removed until the returned guard drops.
+    pub fn begin_removal(self: &Arc<Self>, path: &Path) -> Removal {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf());
+        Removal(self.clone(), path.to_path_buf())
+    }
+
+    pub fn removing(&self, path: &Path) -> bool {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).contains(path)
+    }
+}
+
+pub struct Removal(Arc<SnapshotLocks>, PathBuf);
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        self.0 .1.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
     }
 }
 

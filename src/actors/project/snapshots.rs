@@ -422,7 +422,23 @@ impl ProjectState {
         let Some(Pending::Restored(id)) = p.pending.clone() else {
             return Ok(p);
         };
-        self.remove_tree(trash).await?;
+        // The replaced workspace is not part of the answer: it is renamed out of the
+        // journal's way and deleted in the background (a crash leaves it for reconcile,
+        // which removes every `.trash-*` no restore is using).
+        if std::fs::symlink_metadata(&trash).is_ok() {
+            let gone = self.ctx.snapshots.root().join(format!(".gone-{}", &crate::runtime::token()[..12]));
+            let t = trash.clone();
+            let moved = gone.clone();
+            self.disk(move || std::fs::rename(&t, &moved).map_err(|e| Error::internal(format!("{}: {e}", t.display()))))
+                .await?;
+            let removal = self.ctx.snapshot_locks.begin_removal(&gone);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = copy::remove_tree(&gone) {
+                    tracing::warn!(path = %gone.display(), error = %e, "replaced workspace not removed; reconcile will");
+                }
+                drop(removal);
+            });
+        }
         self.ws(|w, n| w.ensure(n)).await?;
         match self.all_snapshots().await?.into_iter().find(|s| s.id == id) {
             Some(s) => s.settings.apply(&mut p, &s.image)?,
