@@ -109,7 +109,7 @@ impl Daemon {
             .arg(&self.socket)
             .arg("--state-dir")
             .arg(&self.state)
-            .env("BERTH_LOG", "warn")
+            .env("BERTH_LOG", std::env::var("BENCH_BERTH_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -945,6 +945,18 @@ async fn snapshot() {
         // round), so both meet the same disk weather.
         for op in 0..4 {
             for side in [round % 2, 1 - round % 2] {
+                // A restore deletes the workspace it replaced after answering: let that
+                // finish, so that neither side's timed step runs on a disk still busy
+                // with the other's deletes.
+                let snapdir = d.state.join("snapshots");
+                let busy = || {
+                    std::fs::read_dir(&snapdir)
+                        .map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".gone-")))
+                        .unwrap_or(false)
+                };
+                while busy() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 sh(&["sync"]);
                 let t = Instant::now();
                 match (op, side) {

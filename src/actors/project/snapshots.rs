@@ -100,9 +100,11 @@ impl ProjectState {
     /// Copies a tree (`to` must not exist); on failure nothing of `to` is left.
     async fn copy_tree(&self, from: PathBuf, to: PathBuf) -> Result<u64, Error> {
         let name = self.name.clone();
+        let started = std::time::Instant::now();
         self.disk(move || match copy::copy_tree(&from, &to) {
             Ok(t) => {
-                tracing::debug!(project = %name, from = %from.display(), bytes = t.bytes, entries = t.entries, "copied a workspace");
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::debug!(project = %name, from = %from.display(), bytes = t.bytes, entries = t.entries, ms, "copied a workspace");
                 Ok(t.bytes)
             }
             Err(e) => {
@@ -429,8 +431,10 @@ impl ProjectState {
             let gone = self.ctx.snapshots.root().join(format!(".gone-{}", &crate::runtime::token()[..12]));
             let t = trash.clone();
             let moved = gone.clone();
-            self.disk(move || std::fs::rename(&t, &moved).map_err(|e| Error::internal(format!("{}: {e}", t.display()))))
-                .await?;
+            self.disk(move || {
+                std::fs::rename(&t, &moved).map_err(|e| Error::internal(format!("{}: {e}", t.display())))
+            })
+            .await?;
             let removal = self.ctx.snapshot_locks.begin_removal(&gone);
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = copy::remove_tree(&gone) {
