@@ -172,10 +172,10 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 /// Copies the tree under `src` to `dst`, which must not exist; returns what was copied.
 /// On error the partial `dst` is left for the caller to remove.
 ///
-/// One thread walks the tree (making directories, links and FIFOs, and copying files
-/// with several names itself); regular files go to a few workers through a bounded
-/// queue, so the copy uses every core the kernel's copying needs and holds at most a few
-/// hundred directory descriptors. Directories get their times last, deepest first, once
+/// One thread walks the tree, making every entry (directories, links, FIFOs, and each
+/// file, opened with its copy); the files' bytes are copied by a few workers through a
+/// bounded queue, so the copy uses every core the kernel's copying needs and holds at
+/// most a few hundred descriptors. Directories get their times last, deepest first, once
 /// nothing more is created in them.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<Tally, CopyError> {
     let root = open_dir(src).map_err(at(src))?;
@@ -197,11 +197,10 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<Tally, CopyError> {
                 if shared.stop.load(Ordering::Relaxed) {
                     continue;
                 }
-                match copy_file(&job.dir, &job.name, &job.src, &job.dst, owners) {
-                    Ok(Some((bytes, _))) => {
+                match fill(job.input, job.out, &job.st, &job.dst, owners) {
+                    Ok(bytes) => {
                         shared.bytes.fetch_add(bytes, Ordering::Relaxed);
                     }
-                    Ok(None) => {}
                     Err(e) => shared.fail(e),
                 }
             })
@@ -232,8 +231,8 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<Tally, CopyError> {
     Ok(c.t)
 }
 
-/// Files queued for the workers at most; each holds its directory's descriptor.
-const QUEUE: usize = 256;
+/// Files queued for the workers at most; each holds two open descriptors.
+const QUEUE: usize = 64;
 
 fn workers() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4)
@@ -254,11 +253,13 @@ impl Shared {
     }
 }
 
-/// One regular file for a worker: its directory (held open) and name, and where it goes.
+/// One regular file for a worker: the source and the copy, both open (the walker made
+/// the copy: creating files in one directory from several threads makes them queue on
+/// the directory's lock, and on two cores the waiter's spinning starves the holder).
 struct Job {
-    dir: Arc<OwnedFd>,
-    name: std::ffi::OsString,
-    src: PathBuf,
+    input: File,
+    out: File,
+    st: libc::stat,
     dst: PathBuf,
 }
 
@@ -306,7 +307,8 @@ impl Copier {
                 }
                 libc::S_IFREG if st.st_nlink > 1 => self.linked_file(dir, &name, &st, &src, &dst)?,
                 libc::S_IFREG => {
-                    let job = Job { dir: dir.clone(), name, src, dst };
+                    let Some((input, out, st)) = open_pair(dir, &name, &src, &dst)? else { continue };
+                    let job = Job { input, out, st, dst };
                     let sent = self.jobs.as_ref().map(|tx| tx.send(job).is_ok()).unwrap_or(false);
                     if !sent {
                         return Ok(());
@@ -348,22 +350,22 @@ impl Copier {
         if let Some(first) = self.links.get(&(st.st_dev, st.st_ino)) {
             return std::fs::hard_link(first, dst).map_err(at(dst));
         }
-        if let Some((bytes, now)) = copy_file(dir, name, src, dst, self.root)? {
-            self.t.bytes += bytes;
+        if let Some((input, out, now)) = open_pair(dir, name, src, dst)? {
+            self.t.bytes += fill(input, out, &now, dst, self.root)?;
             self.links.insert((now.st_dev, now.st_ino), dst.to_path_buf());
         }
         Ok(())
     }
 }
 
-/// Copies one regular file; `None` if it is gone or no longer a regular file.
-fn copy_file(
+/// Opens a regular file and makes its copy (empty); `None` if it is gone or no longer a
+/// regular file.
+fn open_pair(
     dir: &OwnedFd,
     name: &OsStr,
     src: &Path,
     dst: &Path,
-    owners: bool,
-) -> Result<Option<(u64, libc::stat)>, CopyError> {
+) -> Result<Option<(File, File, libc::stat)>, CopyError> {
     let fd = match open_at(dir, name, libc::O_RDONLY | libc::O_NONBLOCK) {
         Ok(fd) => fd,
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
@@ -373,16 +375,36 @@ fn copy_file(
     if kind(&now) != libc::S_IFREG {
         return Ok(None);
     }
-    let mut input = File::from(fd);
-    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).map_err(at(dst))?;
+    let out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).map_err(at(dst))?;
+    Ok(Some((File::from(fd), out, now)))
+}
+
+/// Fills a copy from its source, then gives it the source's owner, mode and times
+/// (through the descriptor: no path is looked up again); returns the bytes copied.
+fn fill(mut input: File, mut out: File, st: &libc::stat, dst: &Path, owners: bool) -> Result<u64, CopyError> {
     // A reflink where the filesystem has them; otherwise the kernel copies
     // (`std::io::copy` between files uses copy_file_range).
     // SAFETY: two valid descriptors; FICLONE only reads the source's.
     let cloned = unsafe { libc::ioctl(out.as_raw_fd(), FICLONE, input.as_raw_fd()) } == 0;
-    let bytes = if cloned { now.st_size as u64 } else { io::copy(&mut input, &mut out).map_err(at(dst))? };
-    drop(out);
-    finish(dst, &now, false, owners)?;
-    Ok(Some((bytes, now)))
+    let bytes = if cloned { st.st_size as u64 } else { io::copy(&mut input, &mut out).map_err(at(dst))? };
+    let fd = out.as_raw_fd();
+    // SAFETY: a valid descriptor throughout. Owner before mode: chown clears set-id bits.
+    if owners && unsafe { libc::fchown(fd, st.st_uid, st.st_gid) } < 0 {
+        return Err(at(dst)(io::Error::last_os_error()));
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fchmod(fd, st.st_mode & 0o7777) } < 0 {
+        return Err(at(dst)(io::Error::last_os_error()));
+    }
+    let times = [
+        libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
+        libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
+    ];
+    // SAFETY: a valid descriptor and two timespecs.
+    if unsafe { libc::futimens(fd, times.as_ptr()) } < 0 {
+        return Err(at(dst)(io::Error::last_os_error()));
+    }
+    Ok(bytes)
 }
 
 /// Owner (when `owners`), mode and times of a copied entry, from the source's stat.
