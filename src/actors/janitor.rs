@@ -208,6 +208,9 @@ impl JanitorState {
                 // A restore's replaced workspace, being removed in the background; one
                 // that nobody is removing was left by a crash.
                 self.ctx.snapshot_locks.removing(&dirs.root().join(&e))
+            } else if let Some(rest) = e.strip_prefix(".fork-") {
+                let name = rest.strip_suffix(".partial").unwrap_or(rest);
+                rows.iter().any(|p| p.name.as_str() == name && matches!(p.pending, Some(Pending::Fork(_))))
             } else {
                 known(&e, false)
             };

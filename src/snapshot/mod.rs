@@ -231,6 +231,11 @@ impl SnapshotDirs {
         self.root.join(format!(".restore-{name}.ready"))
     }
 
+    /// A fork's new workspace while it is being copied from a snapshot.
+    pub fn fork_staging(&self, name: &ProjectName) -> PathBuf {
+        self.root.join(format!(".fork-{name}.partial"))
+    }
+
     /// Where a restore moves the workspace it replaces; once the restore is done it is
     /// renamed `.gone-<token>` and removed in the background.
     pub fn trash(&self, name: &ProjectName) -> PathBuf {

@@ -536,7 +536,16 @@ impl ProjectState {
     ) -> Result<Project, Error> {
         let settings = match source {
             Some(s) => {
-                self.copy_tree(self.ctx.snapshots.dir(&s.id), p.path.clone()).await?;
+                // Copied beside the snapshots and renamed into place, as a restore does:
+                // files are created away from `projects/`, where deletes just happened.
+                let staging = self.ctx.snapshots.fork_staging(&self.name);
+                self.remove_tree(staging.clone()).await?;
+                self.copy_tree(self.ctx.snapshots.dir(&s.id), staging.clone()).await?;
+                let to = p.path.clone();
+                self.disk(move || {
+                    std::fs::rename(&staging, &to).map_err(|e| Error::internal(format!("{}: {e}", to.display())))
+                })
+                .await?;
                 s.settings
             }
             None => {
@@ -548,11 +557,19 @@ impl ProjectState {
                     let sup = self.supervisor.clone();
                     ask(&sup, "the supervisor", self.ctx.short_timeout(), |r| SupervisorMsg::Project(n, r)).await??
                 };
-                let into = p.path.clone();
+                // Into the staging place too (see above), then renamed into `projects/`.
+                let staging = self.ctx.snapshots.fork_staging(&self.name);
+                self.remove_tree(staging.clone()).await?;
+                let into = staging.clone();
                 let source = ask(&actor, &format!("project {from}"), self.ctx.lifecycle_timeout(), |reply| {
                     ProjectMsg::CaptureInto { id, into, reply }
                 })
                 .await??;
+                let to = p.path.clone();
+                self.disk(move || {
+                    std::fs::rename(&staging, &to).map_err(|e| Error::internal(format!("{}: {e}", to.display())))
+                })
+                .await?;
                 Settings::of(&source)
             }
         };
@@ -582,6 +599,9 @@ impl ProjectState {
         }
         if let Err(e) = self.ctx.runtimes.docker.remove(&self.name).await {
             tracing::warn!(project = %self.name, error = %e, "fork rollback: container not removed");
+        }
+        if let Err(e) = self.remove_tree(self.ctx.snapshots.fork_staging(&self.name)).await {
+            tracing::warn!(project = %self.name, error = %e, "fork rollback: staging copy not removed");
         }
         if let Err(e) = self.ws(|w, n| w.purge(n)).await {
             tracing::warn!(project = %self.name, error = %e, "fork rollback: workspace not removed");
